@@ -1,0 +1,161 @@
+"""Numerical building blocks shared by every model, matched to the PyTorch reference.
+
+- `resize_bilinear`: PyTorch's `F.interpolate(mode="bilinear", align_corners=False)`, exactly.
+- `scaled_size`: the image size the reference gets when it rescales by a factor.
+- Convolution / BatchNorm factories with the reference's padding, momentum and epsilon.
+- Initialisers that reproduce PyTorch's defaults and the reference's explicit choices.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BN_MOMENTUM = 0.9  # PyTorch momentum 0.1: running = 0.9 * running + 0.1 * batch.
+BN_EPSILON = 1e-5
+
+
+# ----------------------------------------------------------------------------- resizing
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """floor(H * s) x floor(W * s), as `F.interpolate(scale_factor=s, recompute_scale_factor=True)`."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    size = (int(math.floor(height * scale)), int(math.floor(width * scale)))
+    if min(size) < 1:
+        raise ValueError(f"scale {scale} turns a {height}x{width} input into an empty {size[0]}x{size[1]} one")
+    return size
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lo, hi) and the weight of `hi` for each output position along one axis.
+
+    Mirrors ATen's CPU kernel, float32 arithmetic included: src = (dst + 0.5) * in/out - 0.5,
+    clamped at 0; the upper neighbour is clamped to the last index.
+    """
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    lo = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    hi_weight = (src - lo.astype(np.float32)).astype(np.float32)
+    return lo, hi, hi_weight
+
+
+def _resize_axis(x: jax.Array, out_size: int, axis: int) -> jax.Array:
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    lo, hi, hi_weight = _linear_taps(in_size, out_size)
+    weight_shape = [1] * x.ndim
+    weight_shape[axis] = out_size
+    hi_weight = jnp.asarray(hi_weight, x.dtype).reshape(weight_shape)
+    x_lo = jnp.take(x, lo, axis=axis)
+    x_hi = jnp.take(x, hi, axis=axis)
+    return x_lo + hi_weight * (x_hi - x_lo)
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear resize of an NHWC array to `size` = (H, W), align_corners=False, no antialiasing.
+
+    Two gathers and a lerp per axis: exact PyTorch semantics in both directions, and far
+    cheaper than `jax.image.resize`, which builds a dense (out, in) weight matrix per axis.
+    """
+    out_h, out_w = size
+    return _resize_axis(_resize_axis(x, out_h, axis=1), out_w, axis=2)
+
+
+def resize_like(x: jax.Array, reference: jax.Array) -> jax.Array:
+    """Resize NHWC `x` to the spatial size of NHWC `reference` (the reference's `scale_as`)."""
+    return resize_bilinear(x, reference.shape[1:3])
+
+
+def rescale(x: jax.Array, scale: float) -> jax.Array:
+    """Resize NHWC `x` by `scale` with the reference's floor rounding of the new size."""
+    if scale == 1.0:
+        return x
+    return resize_bilinear(x, scaled_size(x.shape[1], x.shape[2], scale))
+
+
+# ----------------------------------------------------------------------------- initialisers
+
+def torch_default_kernel_init():
+    """PyTorch's default conv init: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int):
+    """PyTorch's default conv bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def kaiming_normal_fan_out():
+    """torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated."""
+    return nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # jax: "normal" is untruncated
+
+
+def kaiming_normal_fan_in():
+    """torch.nn.init.kaiming_normal_() defaults (fan_in, relu gain), untruncated."""
+    return nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # jax: "normal" is untruncated
+
+
+# ----------------------------------------------------------------------------- layers
+
+def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, use_bias: bool = False,
+         dtype=jnp.float32, kernel_init=None, bias_init=None, in_features: int | None = None,
+         name: str | None = None) -> nn.Conv:
+    """A Conv2d as PyTorch builds it: symmetric padding dilation*(k-1)/2 on every side.
+
+    A stride-2 3x3 conv therefore pads (1, 1), not XLA's SAME (0, 1): the outputs differ.
+    `in_features` is needed only for PyTorch's default bias init, which depends on fan-in.
+    """
+    pad = dilation * (kernel - 1) // 2
+    if kernel_init is None:
+        kernel_init = torch_default_kernel_init()
+    if use_bias and bias_init is None:
+        if in_features is None:
+            raise ValueError("conv(use_bias=True) with the PyTorch default bias init needs in_features")
+        bias_init = torch_default_bias_init(in_features * kernel * kernel)
+    return nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation), use_bias=use_bias, dtype=dtype,
+        param_dtype=jnp.float32, kernel_init=kernel_init,
+        bias_init=bias_init if use_bias else nn.initializers.zeros, name=name)
+
+
+def batch_norm(train: bool | None, *, dtype=jnp.float32, name: str | None = None) -> nn.BatchNorm:
+    """BatchNorm2d with the reference's eps and momentum, scale 1 / bias 0 init.
+
+    `train=None` defers the choice to the call: `bn(x, use_running_average=not train)`.
+    Under `jax.jit` with the batch sharded over a mesh, the batch statistics are computed over
+    the global batch: this is the synchronised BN of the reference with no extra code.
+    `dtype` must be passed explicitly, else bf16 inputs come out float32.
+    """
+    return nn.BatchNorm(use_running_average=None if train is None else not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                        dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def channel_dropout(rate: float, train: bool, name: str | None = None) -> nn.Dropout:
+    """Dropout2d: zeroes whole channels, i.e. one draw per (sample, channel) in NHWC."""
+    return nn.Dropout(rate, broadcast_dims=(1, 2), deterministic=not train, name=name)
+
+
+def normalize_images(images: jax.Array) -> jax.Array:
+    """RGB in [0, 1] -> ImageNet-normalised float32 (the reference's input convention)."""
+    x = jnp.asarray(images, jnp.float32)
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+    return (x - mean) / std
