@@ -12,6 +12,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("hmsa_jax.models.registry", "list the models create_model() knows, with parameter counts"),
+    "data-check": ("hmsa_jax.data.check", "validate a dataset (files, sizes, label values) and print class histograms"),
 }
 
 

@@ -1,0 +1,126 @@
+"""`hmsa data-check`: validate a dataset before a long run.
+
+Reads every record of the training and evaluation splits (and auto-labels, if configured) the
+way training would: unreadable or truncated images, image/label size mismatches, label values
+outside the class table, missing labels and empty splits are each reported with the file and
+the problem. Prints a per-class pixel histogram. Exit status 1 if anything is wrong.
+
+    hmsa data-check --config=configs/cityscapes.py --config.data.root=/data/cityscapes
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import sys
+
+import numpy as np
+
+from hmsa_jax.data.errors import DataError
+from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
+
+
+@dataclasses.dataclass
+class SplitReport:
+    name: str
+    num_records: int = 0
+    num_checked: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+    histogram: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(256, np.int64))
+    classes: ClassTable | None = None
+
+
+def _check_record(source, index: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        record = source.load(index)
+    except DataError as err:
+        return None, str(err)
+    except Exception as err:  # a bug or an unexpected format: still name the record
+        return None, f"{source.name(index)}: {type(err).__name__}: {err}"
+    return np.bincount(record["label"].ravel(), minlength=256), None
+
+
+def check_source(source, name: str, *, max_records: int = 0, num_threads: int = 4) -> SplitReport:
+    report = SplitReport(name, len(source), classes=source.classes)
+    if len(source) == 0:
+        report.problems.append(f"{name}: empty split")
+        return report
+    count = len(source) if max_records <= 0 else min(max_records, len(source))
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        for counts, problem in pool.map(lambda i: _check_record(source, i), range(count)):
+            report.num_checked += 1
+            if problem is not None:
+                report.problems.append(problem)
+            else:
+                report.histogram += counts
+    return report
+
+
+def format_histogram(report: SplitReport) -> str:
+    total = max(int(report.histogram.sum()), 1)
+    names = report.classes.names if report.classes else ()
+    lines = [f"  {'id':>3}  {'class':<24} {'pixels':>14} {'share':>7}"]
+    for cls, name in enumerate(names):
+        pixels = int(report.histogram[cls])
+        flag = "  (absent)" if pixels == 0 else ""
+        lines.append(f"  {cls:>3}  {name:<24} {pixels:>14,} {100 * pixels / total:>6.2f}%{flag}")
+    ignored = int(report.histogram[IGNORE_LABEL])
+    lines.append(f"  {IGNORE_LABEL:>3}  {'(ignore)':<24} {ignored:>14,} {100 * ignored / total:>6.2f}%")
+    return "\n".join(lines)
+
+
+def _define_flags(values):
+    from absl import flags
+
+    flags.DEFINE_list("splits", ["train", "eval"], "which of train, eval, autolabel to check",
+                      flag_values=values)
+    flags.DEFINE_integer("max_records", 0, "check at most this many records per split (0: all)",
+                         flag_values=values)
+    flags.DEFINE_integer("threads", 4, "reader threads", flag_values=values)
+
+
+def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_threads: int = 4):
+    from hmsa_jax.data import build
+
+    reports = []
+    for role in splits:
+        if role == "autolabel" and not data.autolabel.labels_dir:
+            continue
+        split = {"train": data.train_split, "eval": data.eval_split}.get(role, "autolabel")
+        name = f"{role} ({data.dataset} {split})"
+        try:
+            if role == "autolabel":
+                source = build.build_autolabel_source(data, build.class_table(data))
+            elif role in ("train", "eval"):
+                source = build.build_source(data, split, role)
+            else:
+                raise DataError(f"--splits entry {role!r}; expected train, eval or autolabel")
+        except DataError as err:
+            reports.append(SplitReport(name, problems=[str(err)]))
+            continue
+        reports.append(check_source(source, name, max_records=max_records, num_threads=num_threads))
+    return reports
+
+
+def main(argv: list[str]) -> int:
+    from hmsa_jax.data.config import load_config
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    config, values = load_config(argv, _define_flags)
+    if "data" not in config:
+        print(f"hmsa data-check: the config has no 'data' section", file=sys.stderr)
+        return 2
+    reports = run_checks(config.data, tuple(values.splits), max_records=values.max_records,
+                         num_threads=values.threads)
+    failed = False
+    for report in reports:
+        print(f"{report.name}: {report.num_checked} of {report.num_records} records checked, "
+              f"{len(report.problems)} problem(s)")
+        if report.num_checked:
+            print(format_histogram(report))
+        for problem in report.problems:
+            print(f"  ERROR {problem}")
+        failed |= bool(report.problems)
+    print("data-check: FAILED" if failed else "data-check: OK")
+    return 1 if failed else 0
