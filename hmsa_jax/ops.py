@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -136,16 +137,54 @@ def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, use_
         bias_init=bias_init if use_bias else nn.initializers.zeros, name=name)
 
 
-def batch_norm(train: bool | None, *, dtype=jnp.float32, name: str | None = None) -> nn.BatchNorm:
-    """BatchNorm2d with the reference's eps and momentum, scale 1 / bias 0 init.
+class BatchNorm(nn.Module):
+    """BatchNorm2d with PyTorch's semantics, NHWC.
+
+    Normalises with the biased batch variance but tracks the *unbiased* one in `var`, as
+    PyTorch does (flax.linen.BatchNorm tracks the biased one: for the ASPP image-pooling BN,
+    whose batch is one value per image, that is a 1/(n-1) difference). Statistics are float32.
+    Under `jax.jit` with the batch sharded over a mesh, the means are over the global batch:
+    this is the reference's synchronised BN with no extra code.
+    """
+    use_running_average: bool | None = None
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            x32 = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axis=axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=axes)  # two-pass: no cancellation
+            if not self.is_initializing():
+                count = math.prod(x.shape[:-1])
+                unbiased = var * (count / max(count - 1, 1))
+                running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+                running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
+
+        multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * multiplier
+        return (x * multiplier.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+
+
+def batch_norm(train: bool | None, *, dtype=jnp.float32, name: str | None = None) -> BatchNorm:
+    """The reference's BatchNorm2d (eps 1e-5, PyTorch momentum 0.1, scale 1 / bias 0 init).
 
     `train=None` defers the choice to the call: `bn(x, use_running_average=not train)`.
-    Under `jax.jit` with the batch sharded over a mesh, the batch statistics are computed over
-    the global batch: this is the synchronised BN of the reference with no extra code.
-    `dtype` must be passed explicitly, else bf16 inputs come out float32.
     """
-    return nn.BatchNorm(use_running_average=None if train is None else not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                        dtype=dtype, param_dtype=jnp.float32, name=name)
+    return BatchNorm(use_running_average=None if train is None else not train, dtype=dtype, name=name)
 
 
 def channel_dropout(rate: float, train: bool, name: str | None = None) -> nn.Dropout:
