@@ -188,3 +188,20 @@ def test_explicit_attention_weights_sum_to_one():
     assert weights.shape == (2, 40, 56, 3)
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
     assert sorted(out["per_scale"]) == [0.5, 1.0, 2.0]
+
+
+def test_initialisation_follows_the_reference(tiny_ocr):
+    _, variables = tiny_ocr
+    params = variables["params"]
+    # HRNet trunk: N(0, 0.001).
+    trunk_kernels = np.concatenate([np.ravel(k) for path, k in jax.tree_util.tree_flatten_with_path(
+        params["backbone"])[0] if path[-1].key == "kernel"])
+    assert abs(trunk_kernels.std() - 0.001) < 1e-4
+    # OCR convs: PyTorch defaults, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+    conv = params["ocr"]["conv3x3_ocr_0"]
+    bound = 1 / np.sqrt(np.prod(conv["kernel"].shape[:3]))
+    for leaf in (conv["kernel"], conv["bias"]):
+        assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.8 * bound
+    bn = params["ocr"]["conv3x3_ocr_1_0"]
+    assert np.all(bn["scale"] == 1) and np.all(bn["bias"] == 0)
+    assert np.all(variables["batch_stats"]["ocr"]["conv3x3_ocr_1_0"]["var"] == 1)
