@@ -136,10 +136,15 @@ class HRNet(nn.Module):
     """HRNetV2 trunk: NHWC image -> stride-4 features with `spec.out_channels` channels."""
     spec: HRNetSpec = HRNET_SPECS["w48"]
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         spec = self.spec
+        bottleneck, hr_module = Bottleneck, HighResolutionModule
+        if self.remat:
+            bottleneck = nn.remat(Bottleneck, static_argnums=(2,))
+            hr_module = nn.remat(HighResolutionModule, static_argnums=(2,))
         conv = lambda f, name, stride=1: ops.conv(f, 3, stride=stride, dtype=self.dtype,
                                                   kernel_init=HRNET_INIT, name=name)
         bn = lambda name: ops.batch_norm(train, dtype=self.dtype, name=name)
@@ -148,15 +153,15 @@ class HRNet(nn.Module):
         x = nn.relu(bn("bn1")(conv(spec.stem_width, "conv1", stride=2)(x)))
         x = nn.relu(bn("bn2")(conv(spec.stem_width, "conv2", stride=2)(x)))
         for k in range(spec.stage1_blocks):
-            x = Bottleneck(spec.stage1_planes, dtype=self.dtype, name=f"layer1_{k}")(x, train)
+            x = bottleneck(spec.stage1_planes, dtype=self.dtype, name=f"layer1_{k}")(x, train)
 
         branches = [x]
         for stage, num_modules in zip((2, 3, 4), spec.modules_per_stage):
             widths = spec.widths[:stage]
             branches = self._transition(branches, widths, f"transition{stage - 1}", train)
             for m in range(num_modules):
-                branches = HighResolutionModule(widths, spec.blocks_per_branch, self.dtype,
-                                                name=f"stage{stage}_{m}")(branches, train)
+                branches = hr_module(widths, spec.blocks_per_branch, self.dtype,
+                                     name=f"stage{stage}_{m}")(branches, train)
 
         upsampled = [branches[0]] + [ops.resize_like(b, branches[0]) for b in branches[1:]]
         return jnp.concatenate(upsampled, axis=-1)

@@ -50,9 +50,11 @@ def resnet_spec(depth: str | int) -> ResNetSpec:
 class ResNetOS8(nn.Module):
     spec: ResNetSpec = RESNET_SPECS["50"]
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck
         x = jnp.asarray(x, self.dtype)
         x = ops.conv(self.spec.stem_width, 7, stride=2, dtype=self.dtype, kernel_init=RESNET_INIT,
                      name="layer0_0")(x)
@@ -65,7 +67,7 @@ class ResNetOS8(nn.Module):
         for layer, (num_blocks, planes, (stride, dilation)) in enumerate(
                 zip(self.spec.blocks, self.spec.planes, layout), start=1):
             for k in range(num_blocks):
-                x = Bottleneck(planes, stride=stride if k == 0 else 1, dilation=dilation,
+                x = block(planes, stride=stride if k == 0 else 1, dilation=dilation,
                                dtype=self.dtype, kernel_init=RESNET_INIT,
                                name=f"layer{layer}_{k}")(x, train)
             if layer == 1:

@@ -37,6 +37,7 @@ class MultiScaleSegmenter(nn.Module):
     explicit_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
     attention_channels: int = 256
     dtype: Any = jnp.float32
+    remat_trunk: bool = False  # trade trunk compute for memory at large crops
 
     def _check_fields(self):
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
@@ -120,7 +121,7 @@ class OCRNet(MultiScaleSegmenter):
 
     def setup(self):
         self._check_fields()
-        self.backbone = HRNet(self.trunk, self.dtype)
+        self.backbone = HRNet(self.trunk, self.dtype, remat=self.remat_trunk)
         self.ocr = OCRBlock(self.num_classes, self.ocr_mid_channels, self.ocr_key_channels,
                             self.ocr_dropout, self.dtype)
         self._setup_attention()
@@ -143,7 +144,7 @@ class DeepLabV3Plus(MultiScaleSegmenter):
         conv = lambda f, k, **kw: ops.conv(f, k, dtype=self.dtype, **kw)
         bn = lambda: ops.batch_norm(None, dtype=self.dtype)
         final_init = ops.kaiming_normal_fan_in()  # the reference calls initialize_weights(final)
-        self.backbone = ResNetOS8(self.trunk, self.dtype)
+        self.backbone = ResNetOS8(self.trunk, self.dtype, remat=self.remat_trunk)
         self.aspp = ASPP(self.aspp_channels, dtype=self.dtype)
         self.bot_aspp = conv(self.aspp_channels, 1)
         self.bot_fine = conv(self.low_level_channels, 1)
