@@ -13,6 +13,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("hmsa_jax.models.registry", "list the models create_model() knows, with parameter counts"),
     "data-check": ("hmsa_jax.data.check", "validate a dataset (files, sizes, label values) and print class histograms"),
+    "convert": ("hmsa_jax.convert.cli", "convert a PyTorch checkpoint of the reference implementation to Orbax"),
+    "train": ("hmsa_jax.train.cli", "train or resume a model from a config (synthetic demo without a dataset)"),
 }
 
 

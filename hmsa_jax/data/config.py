@@ -1,8 +1,4 @@
-"""The `data` section of a run's config, and loading a config file with overrides.
-
-`load_config(argv)` understands `--config=configs/x.py[:preset]` and `--config.a.b=value`
-(ml_collections config_flags semantics) without absl's app.run.
-"""
+"""The `data` section of a run's config. (`load_config` lives in hmsa_jax.configlib.)"""
 from __future__ import annotations
 
 from ml_collections import ConfigDict
@@ -47,22 +43,5 @@ def default_data_config() -> ConfigDict:
     return c
 
 
-def load_config(argv: list[str], extra_flags=None):
-    """Parse `argv` (without the program name) into (config, flag_values).
-
-    `extra_flags(flag_values)` may define more flags on the fresh FlagValues first.
-    """
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = ["hmsa"] + list(argv)
-    values = flags.FlagValues()
-    # sys_argv: the overrides are found in this list, not in the process's sys.argv.
-    config_flags.DEFINE_config_file("config", None, "config file, optionally :preset",
-                                    flag_values=values, lock_config=False, sys_argv=argv)
-    if extra_flags is not None:
-        extra_flags(values)
-    values(argv)
-    if values.config is None:
-        raise SystemExit("missing --config=configs/<file>.py[:preset]")
-    return values.config, values
+# The loader moved to hmsa_jax.configlib (shared by every command); kept importable here.
+from hmsa_jax.configlib import load_config  # noqa: E402,F401

@@ -1,0 +1,157 @@
+"""Orbax checkpoints of a training run: state, data iterator and resolved config, per step.
+
+Layout (`<workdir>/checkpoints/<step>/`):
+  state/      the TrainState as a dict {step, params, batch_stats, opt_state} (Orbax PyTree)
+  data_iter/  the Grain iterator's position (exact resume of the data stream)
+  meta/       JSON: {"config": resolved config, "model", "num_classes", "class_names", "step",
+              "metrics": validation metrics at that step or null}
+Kept: the latest `max_to_keep` steps plus the `keep_best` steps with the highest "val/miou".
+Saves are asynchronous: call `wait_until_finished()` (or `close()`) before the process exits.
+
+For inference: `restore_variables(path)` reads only params and batch_stats (no optimiser
+state, no data iterator) from a workdir, a checkpoints folder or one step's folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+STATE, DATA_ITER, META = "state", "data_iter", "meta"
+BEST_METRIC = "val/miou"
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that holds no usable checkpoint."""
+
+
+def make_manager(directory: str, *, max_to_keep: int = 3, keep_best: int = 1,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+    if max_to_keep < 1:
+        raise ValueError(f"checkpoint.max_to_keep={max_to_keep}; expected >= 1")
+    if keep_best < 0:
+        raise ValueError(f"checkpoint.keep_best={keep_best}; expected >= 0")
+    policies = [preservation_policy.LatestN(n=max_to_keep)]
+    if keep_best:
+        policies.append(preservation_policy.BestN(
+            get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=keep_best,
+            keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.expanduser(directory)),
+                                 item_names=(STATE, DATA_ITER, META), options=options)
+
+
+def state_tree(state) -> dict:
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
+
+
+def save(manager: ocp.CheckpointManager, state, data_iterator, meta: dict,
+         metrics: dict | None = None, *, force: bool = False) -> bool:
+    """Start saving `state` at its step (asynchronously). `metrics` (with "val/miou") rank the
+    checkpoint for keep-best; pass None for steps without validation."""
+    import grain
+
+    step = int(jax.device_get(state.step))
+    items = {STATE: ocp.args.StandardSave(state_tree(state)), META: ocp.args.JsonSave(meta)}
+    if data_iterator is not None:
+        items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
+    ranked = None if metrics is None or BEST_METRIC not in metrics else {
+        BEST_METRIC: float(metrics[BEST_METRIC])}
+    return manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
+            step: int | None = None):
+    """(state, data_iterator, meta) at `step` (latest by default) into the abstract state's
+    shapes, dtypes and shardings; the iterator (if given) is restored in place."""
+    import grain
+
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"{manager.directory}: no checkpoint to restore")
+    items = {STATE: ocp.args.StandardRestore(state_tree(abstract_state)), META: ocp.args.JsonRestore()}
+    if data_iterator is not None:
+        items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    tree = restored[STATE]
+    state = abstract_state.replace(step=tree["step"], params=tree["params"],
+                                   batch_stats=tree["batch_stats"], opt_state=tree["opt_state"])
+    return state, restored.get(DATA_ITER) if data_iterator is not None else None, restored[META]
+
+
+def _step_dirs(directory: str) -> list[int]:
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, STATE)))
+
+
+def resolve_step_dir(path: str, step: int | None = None, which: str = "latest") -> str:
+    """The folder of one checkpoint step, from a workdir, its checkpoints folder or a step
+    folder. `which`: "latest" or "best" (highest val/miou) when `step` is not given."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(os.path.join(path, STATE)):
+        return path
+    if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)):
+        path = os.path.join(path, CHECKPOINTS_SUBDIR)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    steps = _step_dirs(path)
+    if not steps:
+        raise CheckpointError(f"{path}: holds no checkpoint (expected <step>/state/ folders)")
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"{path}: no step {step}; steps present: {steps}")
+        return os.path.join(path, str(step))
+    if which == "best":
+        scored = [(read_meta(os.path.join(path, str(s))).get("metrics") or {}, s) for s in steps]
+        scored = [(m[BEST_METRIC], s) for m, s in scored if m.get(BEST_METRIC) is not None]
+        if scored:
+            return os.path.join(path, str(max(scored)[1]))
+    elif which != "latest":
+        raise ValueError(f"which={which!r}; expected 'latest' or 'best'")
+    return os.path.join(path, str(steps[-1]))
+
+
+def read_meta(step_dir: str) -> dict:
+    meta_dir = os.path.join(step_dir, META)
+    candidates = [os.path.join(meta_dir, n) for n in ("metadata", "meta")] + [meta_dir]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return json.load(f)
+    raise CheckpointError(f"{step_dir}: no {META}/ JSON")
+
+
+def restore_variables(path: str, step: int | None = None, which: str = "latest",
+                      sharding: jax.sharding.Sharding | None = None) -> tuple[dict, dict]:
+    """({"params", "batch_stats"}, meta) from a checkpoint, without the optimiser state.
+
+    `sharding` places every array (default: the first local device). `meta["config"]` is the
+    run's resolved config (model name, num_classes, data section).
+    """
+    step_dir = resolve_step_dir(path, step, which)
+    checkpointer = ocp.PyTreeCheckpointer()
+    stored = checkpointer.metadata(os.path.join(step_dir, STATE))
+    stored = getattr(stored, "item_metadata", stored)
+    stored = getattr(stored, "tree", stored)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {key: jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), stored[key])
+        for key in ("params", "batch_stats")}
+    restored = checkpointer.restore(
+        os.path.join(step_dir, STATE),
+        args=ocp.args.PyTreeRestore(item=target,
+                                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                    partial_restore=True))
+    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}, read_meta(step_dir)
+
+
+__all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CheckpointError", "make_manager", "read_meta",
+           "resolve_step_dir", "restore", "restore_variables", "save", "state_tree"]

@@ -1,0 +1,112 @@
+"""Loading a run's config: `--config=configs/x.py[:preset]` plus `--config.a.b=value` overrides.
+
+ml_collections config_flags semantics without absl's app.run: a config file defines
+`get_config(arg)`, the text after ':' is `arg`, and every override must name an existing field
+with a value of its type. Errors (unknown preset, unknown key, wrong type) surface as
+`ConfigError` naming the file, key or value, before anything is computed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ml_collections import ConfigDict
+
+
+class ConfigError(ValueError):
+    """A config file, preset, key or value that cannot be used."""
+
+
+def load_config(argv: list[str], extra_flags: Callable | None = None):
+    """Parse `argv` (without the program name) into (config, flag_values).
+
+    `extra_flags(flag_values)` may define more flags (e.g. --workdir) on the fresh FlagValues
+    first. The returned config is locked: later code cannot add keys by mistake.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["hmsa"] + list(argv)
+    values = flags.FlagValues()
+    # sys_argv: the overrides are read from this list, not from the process's sys.argv.
+    config_flags.DEFINE_config_file("config", None, "config file, optionally :preset",
+                                    flag_values=values, lock_config=True, sys_argv=argv)
+    if extra_flags is not None:
+        extra_flags(values)
+    _check_override_keys(argv)
+    try:
+        values(argv)
+    except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ConfigError(_explain(error, argv)) from error
+    if values.config is None:
+        raise ConfigError("missing --config=configs/<file>.py[:preset]")
+    return values.config, values
+
+
+def _check_override_keys(argv: list[str]) -> None:
+    """Name the unknown key of a `--config.a.b=v` override (config_flags only says 'b')."""
+    from ml_collections import config_flags
+
+    config_args = [a for a in argv if a.startswith("--config=")]
+    overrides = [a for a in argv if a.startswith("--config.")]
+    if not config_args or not overrides:
+        return
+    path = config_args[-1].split("=", 1)[1]
+    try:
+        base = config_flags.config_flags._LoadConfigModule("config", path.split(":")[0])  # noqa
+        config = base.get_config(*path.split(":")[1:2])
+    except Exception:  # the full parse below reports problems with the file itself
+        return
+    for override in overrides:
+        keys = override[len("--config."):].split("=", 1)[0].split(".")
+        node, walked = config, []
+        for key in keys:
+            if not isinstance(node, ConfigDict) or key not in node:
+                where = ".".join(walked) or "the top level"
+                known = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+                raise ConfigError(f"{path}: {override.split('=', 1)[0]}: unknown key {key!r} in "
+                                  f"{where}; expected one of {known}")
+            node, walked = node[key], walked + [key]
+
+
+def _explain(error: Exception, argv: list[str]) -> str:
+    config_arg = next((a for a in argv if a.startswith("--config=")), "--config=<unset>")
+    return f"{config_arg.split('=', 1)[1]}: {error}"
+
+
+def config_to_dict(config: ConfigDict) -> dict:
+    """A JSON-ready copy (tuples become lists)."""
+    import json
+
+    return json.loads(config.to_json_best_effort())
+
+
+def check_fields(config: ConfigDict, reference: ConfigDict, where: str = "config") -> None:
+    """Every key of `config` exists in `reference` with a value of the same type (recursively).
+
+    For configs read back from JSON (a checkpoint's saved config), where no ConfigDict typing
+    guards the values.
+    """
+    for key, value in config.items():
+        path = f"{where}.{key}"
+        if key not in reference:
+            raise ConfigError(f"{path}: unknown key; expected one of {sorted(reference.keys())}")
+        expected = reference[key]
+        if isinstance(expected, ConfigDict):
+            if not isinstance(value, (ConfigDict, dict)):
+                raise ConfigError(f"{path}: expected a section, got {value!r}")
+            check_fields(ConfigDict(value) if isinstance(value, dict) else value, expected, path)
+        elif expected is not None and value is not None and not _same_kind(value, expected):
+            raise ConfigError(f"{path}={value!r}: expected a {type(expected).__name__}")
+
+
+def _same_kind(value, expected) -> bool:
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(expected, bool)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float))
+    if isinstance(expected, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(expected))
+
+
+__all__ = ["ConfigError", "check_fields", "config_to_dict", "load_config"]

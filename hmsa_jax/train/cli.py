@@ -1,0 +1,102 @@
+"""hmsa train --config=configs/<file>.py[:preset] --workdir=DIR [--config.a.b=value ...]
+
+Trains (or resumes, when DIR holds checkpoints) the config's model. With the synthetic demo
+config it needs no dataset:
+
+    hmsa train --config=configs/synthetic_demo.py --workdir=/tmp/hmsa_demo
+
+Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/ and DIR/checkpoints/.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+CPU_FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                        "jax_rocm7_plugin", "libtpu")
+
+
+def _cpu_only() -> bool:
+    """Whether JAX will run on the CPU, decided without initialising a backend (XLA flags must
+    be set before that)."""
+    import importlib.util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms:
+        return platforms == "cpu"
+    return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_PLUGINS)
+
+
+def configure_runtime(runtime) -> list[str]:
+    """Persistent compilation cache and, on CPU, fast compilation. Returns what it did."""
+    import jax
+    from jax._src import xla_bridge
+
+    notes = []
+    if runtime.compile_cache and not jax.config.jax_compilation_cache_dir:
+        cache = os.path.expanduser(runtime.compile_cache)
+        os.makedirs(cache, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        notes.append(f"compilation cache: {cache}")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if (runtime.cpu_fast_compile and _cpu_only() and "xla_backend_optimization_level" not in flags
+            and not xla_bridge.backends_are_initialized()):
+        os.environ["XLA_FLAGS"] = f"{flags} {CPU_FAST_COMPILE_FLAG}".strip()
+        notes.append(f"CPU: XLA_FLAGS+={CPU_FAST_COMPILE_FLAG} (runtime.cpu_fast_compile)")
+    return notes
+
+
+def _define_flags(values) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "run folder: config, metrics, checkpoints", flag_values=values)
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    from hmsa_jax.configlib import ConfigError, load_config
+
+    try:
+        config, values = load_config(argv, _define_flags)
+        if not values.workdir:
+            raise ConfigError("missing --workdir=DIR (where checkpoints and logs go)")
+        from hmsa_jax.train.config import validate_config
+
+        validate_config(config)
+    except ConfigError as error:
+        print(f"hmsa train: {error}", file=sys.stderr)
+        return 2
+    for note in configure_runtime(config.runtime):
+        print(note)
+    from hmsa_jax import parallel
+    from hmsa_jax.train.loop import train
+
+    parallel.initialize_distributed_if_requested()
+    try:
+        summary = train(config, values.workdir)
+    except ConfigError as error:
+        print(f"hmsa train: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", "training summary",
+             f"  steps            {summary['steps']} / {summary['total_steps']} "
+             f"({summary['steps_this_run']} in this run, {summary['seconds']:.0f} s)",
+             f"  final loss       {summary['final_loss']:.4f}"]
+    if "val_miou" in summary:
+        lines.append(f"  val mIoU         {100 * summary['val_miou']:.2f} "
+                     f"(best {100 * summary['best_val_miou']:.2f})")
+    lines.append(f"  checkpoint       {summary['checkpoint']}")
+    lines.append(f"  workdir          {summary['workdir']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,129 @@
+"""The sections of a training config besides `data`: model, train, optim, checkpoint,
+validation and runtime. `default_config()` is the base every configs/*.py file edits.
+
+Every field has a value of its final type (0 / "" mean "off" or "derive"), so that
+ml_collections rejects an override of the wrong type before anything runs.
+"""
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from hmsa_jax.data.config import default_data_config
+
+
+def default_config() -> ConfigDict:
+    config = ConfigDict()
+    config.data = default_data_config()
+    config.model = ConfigDict(dict(
+        name="hrnet48_ocr_mscale",  # hmsa_jax.list_models()
+        num_classes=0,  # 0: the dataset's class count
+        dtype="bfloat16",  # compute dtype; parameters stay float32
+        lo_scale=0.5,  # the lower training scale of two-scale models
+    ))
+    config.train = ConfigDict(dict(
+        steps=0,  # 0: epochs x steps per epoch
+        epochs=175.0,
+        criterion="rmi",  # rmi | ce
+        aux_weight=0.4,
+        scale_supervision_weight=0.05,
+        ignore_label=255,
+        scale_mode="model",  # model | average (the paper's averaging baseline)
+        remat="none",  # none | trunk: recompute trunk blocks in the backward pass (less memory)
+        seed=0,  # parameter init and dropout
+        num_devices=0,  # 0: every device
+        log_every=20,
+        checkpoint_every=1000,  # also at the end and after every validation
+    ))
+    config.optim = ConfigDict(dict(
+        learning_rate=5e-3, momentum=0.9, weight_decay=1e-4, nesterov=False, poly_power=2.0,
+        warmup_steps=0, end_lr=0.0,
+        grad_clip_norm=0.0,  # 0: off
+        decay="all",  # all (the reference) | kernels (conv/dense kernels only)
+    ))
+    config.checkpoint = ConfigDict(dict(
+        max_to_keep=3, keep_best=1, async_save=True,
+        init_from="",  # a checkpoint (workdir, checkpoints/ or step folder) to start from
+        init_which="latest",  # latest | best step of init_from
+    ))
+    config.validation = ConfigDict(dict(
+        every_steps=0,  # 0: only at the end; <0: never
+        scales=(1.0,), fusion="hierarchical",  # hierarchical | avg | max
+        max_batches=0,  # 0: the whole eval split
+    ))
+    config.runtime = ConfigDict(dict(
+        compile_cache="~/.cache/hmsa_jax/jax_cache",  # "" disables the persistent cache
+        # On CPU only: XLA backend optimisation level 0 roughly halves compile time of these
+        # convolutional nets at a small cost in step time (demo-sized runs are compile-bound).
+        cpu_fast_compile=True,
+        progress=True,  # the progress bar (off: one log line per log_every)
+    ))
+    return config
+
+
+
+
+
+def validate_config(config: ConfigDict) -> None:
+    """Check values ml_collections' typing cannot: names, choices and ranges. Raises
+    ConfigError naming the key; called before any data is read or anything is compiled."""
+    from hmsa_jax import list_models
+    from hmsa_jax.configlib import ConfigError
+    from hmsa_jax.multiscale import FUSIONS
+    from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES
+
+    def choice(key: str, value, allowed) -> None:
+        if value not in allowed:
+            raise ConfigError(f"config.{key}={value!r}; expected one of {tuple(allowed)}")
+
+    def positive(key: str, value, allow_zero=False) -> None:
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"config.{key}={value!r}; expected {'>= 0' if allow_zero else '> 0'}")
+
+    for section in ("data", "model", "train", "optim", "checkpoint", "validation", "runtime"):
+        if section not in config:
+            raise ConfigError(f"config has no {section!r} section; build configs on "
+                              f"hmsa_jax.train.config.default_config()")
+    choice("model.name", config.model.name, list_models())
+    choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+    positive("model.num_classes", config.model.num_classes, allow_zero=True)
+    if not 0 < config.model.lo_scale < 1:
+        raise ConfigError(f"config.model.lo_scale={config.model.lo_scale!r}; expected in (0, 1)")
+    choice("train.criterion", config.train.criterion, ("rmi", "ce"))
+    choice("train.scale_mode", config.train.scale_mode, SCALE_MODES)
+    choice("train.remat", config.train.remat, REMAT_MODES)
+    positive("train.steps", config.train.steps, allow_zero=True)
+    if not config.train.steps:
+        positive("train.epochs", config.train.epochs)
+    positive("train.log_every", config.train.log_every)
+    positive("train.checkpoint_every", config.train.checkpoint_every)
+    positive("train.num_devices", config.train.num_devices, allow_zero=True)
+    choice("optim.decay", config.optim.decay, ("all", "kernels"))
+    positive("optim.learning_rate", config.optim.learning_rate)
+    choice("checkpoint.init_which", config.checkpoint.init_which, ("latest", "best"))
+    positive("checkpoint.max_to_keep", config.checkpoint.max_to_keep)
+    positive("checkpoint.keep_best", config.checkpoint.keep_best, allow_zero=True)
+    choice("validation.fusion", config.validation.fusion, tuple(FUSIONS))
+    try:
+        from hmsa_jax.multiscale import validate_scales
+
+        validate_scales(config.validation.scales)
+    except ValueError as error:
+        raise ConfigError(f"config.validation.scales: {error}") from None
+    attention = _model_attention(config.model.name)
+    if config.train.scale_mode == "average" and attention != "none":
+        raise ConfigError(f"config.train.scale_mode='average' needs a single-scale model "
+                          f"(attention 'none'); {config.model.name!r} has attention {attention!r}")
+    if (config.validation.fusion == "hierarchical" and len(config.validation.scales) > 1
+            and attention != "hierarchical" and attention != "explicit"):
+        raise ConfigError(f"config.validation.fusion='hierarchical' needs a model with "
+                          f"hierarchical attention; {config.model.name!r} has {attention!r}: "
+                          f"use 'avg' or 'max'")
+
+
+def _model_attention(name: str) -> str:
+    from hmsa_jax import create_model
+
+    return create_model(name, num_classes=2).attention
+
+
+__all__ = ["default_config", "validate_config"]

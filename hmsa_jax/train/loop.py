@@ -1,0 +1,279 @@
+"""The training loop: data -> sharded steps -> logs, validation and checkpoints.
+
+`train(config, workdir)` resumes from the latest checkpoint in `workdir` when there is one,
+else starts fresh (optionally from `config.checkpoint.init_from`), and returns a summary dict.
+Files in `workdir`: config.json (resolved), metrics.jsonl, tensorboard/ (event files),
+checkpoints/ (see hmsa_jax.checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmsa_jax import checkpoint, parallel
+from hmsa_jax.configlib import ConfigError, config_to_dict
+from hmsa_jax.metrics import format_scores, segmentation_scores
+from hmsa_jax.train import step as step_lib
+from hmsa_jax.train.config import validate_config
+from hmsa_jax.train.optimizer import kernel_only_decay_mask, make_optimizer, poly_schedule
+from hmsa_jax.train.state import abstract_train_state, create_train_state
+
+# Changing these under an existing workdir would restore a checkpoint into another model.
+IDENTITY_KEYS = (("model", "name"), ("model", "num_classes"))
+
+
+def build_optimizer(optim, total_steps: int):
+    """(optax transformation, learning-rate schedule for logging) from config.optim."""
+    kwargs = dict(learning_rate=optim.learning_rate, total_steps=total_steps,
+                  poly_power=optim.poly_power, warmup_steps=optim.warmup_steps, end_lr=optim.end_lr)
+    tx = make_optimizer(momentum=optim.momentum, weight_decay=optim.weight_decay,
+                        nesterov=optim.nesterov,
+                        weight_decay_mask=kernel_only_decay_mask if optim.decay == "kernels" else None,
+                        grad_clip_norm=optim.grad_clip_norm or None, **kwargs)
+    schedule = poly_schedule(optim.learning_rate, total_steps, optim.poly_power,
+                             optim.warmup_steps, optim.end_lr)
+    return tx, schedule
+
+
+def build_model(config, num_classes: int):
+    from hmsa_jax import create_model
+
+    overrides = {"lo_scale": config.model.lo_scale} if config.model.lo_scale != 0.5 else {}
+    if config.train.remat == "trunk":
+        overrides["remat_trunk"] = True
+    return create_model(config.model.name, num_classes=num_classes,
+                        dtype=jnp.dtype(config.model.dtype), **overrides)
+
+
+def resolve_num_classes(config, classes) -> int:
+    if config.model.num_classes and config.model.num_classes != classes.num_classes:
+        raise ConfigError(f"config.model.num_classes={config.model.num_classes} but dataset "
+                          f"{config.data.dataset!r} has {classes.num_classes} classes; set 0 to "
+                          f"use the dataset's")
+    return classes.num_classes
+
+
+def check_workdir(workdir: str, resolved: dict) -> None:
+    """Refuse a workdir whose saved config trains another model or class count."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    for section, key in IDENTITY_KEYS:
+        old, new = saved.get(section, {}).get(key), resolved[section][key]
+        if old != new:
+            raise ConfigError(f"{path}: this workdir trains {section}.{key}={old!r}, the config asks "
+                              f"for {new!r}; use another --workdir (nothing was overwritten)")
+
+
+class MetricWriter:
+    """metrics.jsonl (one JSON object per line) and TensorBoard event files; process 0 only."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar (step, loss, lr, images/s, ETA) or, without a terminal, plain log lines."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log: Callable[[str], None]):
+        self.log, self.bar = log, None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                            smoothing=0.1)
+        self.total = total
+
+    def update(self, step: int, advanced: int, fields: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(advanced)
+            self.bar.set_postfix(fields, refresh=True)
+        else:
+            self.log(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            self.log(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def validate(eval_fn, variables, eval_ds, num_batches: int, mesh, max_batches: int = 0) -> np.ndarray:
+    """The [K, K] confusion matrix over the eval split (or its first max_batches batches)."""
+    confusion = None
+    for index, batch in enumerate(eval_ds):
+        if max_batches and index >= max_batches:
+            break
+        arrays = parallel.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
+        counts = eval_fn(variables, arrays)
+        confusion = counts if confusion is None else confusion + counts
+    # Replicated: every process holds the whole matrix.
+    return np.asarray(confusion.addressable_data(0)).astype(np.int64)
+
+
+def train(config, workdir: str, *, stop_after: int | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) training; `stop_after` ends this run after that many steps of it (as a
+    preemption would, with a checkpoint), for tests and time-boxed jobs."""
+    from hmsa_jax.data.build import class_table, make_eval_dataset, make_train_dataset
+
+    validate_config(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    is_main = jax.process_index() == 0
+    classes = class_table(config.data)
+    num_classes = resolve_num_classes(config, classes)
+    resolved = config_to_dict(config)
+    resolved["model"]["num_classes"] = num_classes
+    check_workdir(workdir, resolved)
+
+    mesh = parallel.make_mesh(config.train.num_devices or None)
+    parallel.check_batch_size(config.data.loader.batch_size, mesh, "data.loader.batch_size")
+    validating = config.validation.every_steps >= 0
+    if validating:
+        parallel.check_batch_size(config.data.eval.batch_size, mesh, "data.eval.batch_size")
+
+    train_ds, info = make_train_dataset(config.data)
+    total_steps = config.train.steps or max(1, math.ceil(config.train.epochs * info.steps_per_epoch))
+    resolved["train"]["steps"] = total_steps
+    model = build_model(config, num_classes)
+    tx, schedule = build_optimizer(config.optim, total_steps)
+    crop = tuple(int(v) for v in config.data.augment.crop_size)
+    image_shape = (1, *crop, 3)
+    replicated = parallel.replicated(mesh)
+
+    os.makedirs(workdir, exist_ok=True)
+    manager = checkpoint.make_manager(os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR),
+                                      max_to_keep=config.checkpoint.max_to_keep,
+                                      keep_best=config.checkpoint.keep_best,
+                                      async_save=config.checkpoint.async_save)
+    iterator = iter(train_ds)
+    seed_key = jax.random.key(config.train.seed)
+    init_key, dropout_key = jax.random.fold_in(seed_key, 0), jax.random.fold_in(seed_key, 1)
+    if manager.latest_step() is not None:
+        abstract = abstract_train_state(model, tx, image_shape, replicated)
+        state, iterator, _ = checkpoint.restore(manager, abstract, iterator)
+        log(f"resumed from {manager.directory}/{int(state.step)}")
+    else:
+        state = jax.jit(lambda key: create_train_state(model, tx, key, image_shape),
+                        out_shardings=replicated)(init_key)
+        if config.checkpoint.init_from:
+            from hmsa_jax.train.pretrained import load_pretrained
+
+            variables, report = load_pretrained(jax.device_get(state.variables),
+                                                config.checkpoint.init_from,
+                                                config.checkpoint.init_which)
+            state = parallel.replicate(jax.device_get(state), mesh)
+            state = state.replace(**parallel.replicate(variables, mesh),
+                                  opt_state=jax.jit(tx.init, out_shardings=replicated)(
+                                      parallel.replicate(variables["params"], mesh)))
+            log(report.format())
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
+
+    step_config = step_lib.StepConfig(
+        loss=step_lib.LossConfig(config.train.criterion, config.train.aux_weight,
+                                 config.train.scale_supervision_weight, config.train.ignore_label),
+        scale_mode=config.train.scale_mode, remat=config.train.remat)
+    train_fn = step_lib.jit_train_step(model, tx, step_config, mesh, schedule)
+    eval_fn = eval_ds = None
+    if validating:
+        eval_ds, num_eval_batches, _ = make_eval_dataset(config.data)
+        eval_fn = step_lib.jit_eval_step(model, num_classes, mesh, config.validation.scales,
+                                         config.validation.fusion)
+
+    writer = MetricWriter(workdir, enabled=is_main)
+    start_step = int(jax.device_get(state.step))
+    progress = Progress(total_steps, start_step, config.runtime.progress and is_main, log)
+    meta = lambda step, metrics: {"config": resolved, "model": config.model.name,
+                                  "num_classes": num_classes, "class_names": list(classes.names),
+                                  "step": step, "metrics": metrics}
+    batch_images = config.data.loader.batch_size
+    best_miou, last_loss, last_scores = float("nan"), float("nan"), None
+    run_start = last_time = time.perf_counter()
+    last_logged = step = start_step
+    while step < total_steps and (stop_after is None or step - start_step < stop_after):
+        batch = parallel.global_batch(next(iterator), mesh)
+        state, metrics = train_fn(state, batch, dropout_key)
+        step += 1
+        if step % config.train.log_every == 0 or step == total_steps:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            images_per_s = (step - last_logged) * batch_images / (now - last_time)
+            metrics["images_per_s"] = images_per_s
+            writer.write(step, metrics)
+            last_loss = metrics["loss"]
+            progress.update(step, step - last_logged,
+                            {"loss": f"{metrics['loss']:.4f}", "lr": f"{metrics['learning_rate']:.2e}",
+                             "img/s": f"{images_per_s:.1f}"})
+            last_logged, last_time = step, now
+        val_metrics = None
+        every = config.validation.every_steps
+        if validating and ((every > 0 and step % every == 0) or step == total_steps):
+            confusion = validate(eval_fn, state.variables, eval_ds, num_eval_batches, mesh,
+                                 config.validation.max_batches)
+            last_scores = segmentation_scores(confusion)
+            val_metrics = {"val/miou": last_scores["miou"],
+                           "val/pixel_accuracy": last_scores["pixel_accuracy"],
+                           "val/mean_class_accuracy": last_scores["mean_class_accuracy"]}
+            writer.write(step, val_metrics)
+            best_miou = np.nanmax([best_miou, last_scores["miou"]])
+            progress.write(f"step {step}: val mIoU {100 * last_scores['miou']:.2f} "
+                           f"(pixel acc {100 * last_scores['pixel_accuracy']:.2f})")
+            last_time = time.perf_counter()  # validation is not training throughput
+        stopping = stop_after is not None and step - start_step >= stop_after
+        if (step % config.train.checkpoint_every == 0 or step == total_steps or stopping
+                or val_metrics is not None):
+            checkpoint.save(manager, state, iterator, meta(step, val_metrics), val_metrics)
+    progress.close()
+    manager.wait_until_finished()
+    latest = manager.latest_step()
+    manager.close()
+    writer.close()
+    elapsed = time.perf_counter() - run_start
+    summary = {"workdir": workdir, "steps": step, "total_steps": total_steps,
+               "steps_this_run": step - start_step, "seconds": elapsed,
+               "final_loss": last_loss, "best_val_miou": float(best_miou),
+               "checkpoint": None if latest is None else os.path.join(str(manager.directory), str(latest))}
+    if last_scores is not None:
+        summary["val_miou"] = last_scores["miou"]
+        if is_main:
+            log(format_scores(last_scores, classes.names))
+    return summary
+
+
+__all__ = ["build_model", "build_optimizer", "check_workdir", "train", "validate"]
