@@ -15,6 +15,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data-check": ("hmsa_jax.data.check", "validate a dataset (files, sizes, label values) and print class histograms"),
     "convert": ("hmsa_jax.convert.cli", "convert a PyTorch checkpoint of the reference implementation to Orbax"),
     "train": ("hmsa_jax.train.cli", "train or resume a model from a config (synthetic demo without a dataset)"),
+    "eval": ("hmsa_jax.evaluate", "score a checkpoint on a dataset split at any scales (mIoU table and JSON)"),
+    "predict": ("hmsa_jax.predict", "predict images: colour maps, overlays, per-scale attention pictures, index.html"),
+    "autolabel": ("hmsa_jax.autolabel", "hard-threshold teacher labels for a folder of images (training source)"),
 }
 
 

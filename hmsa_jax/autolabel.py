@@ -1,0 +1,202 @@
+"""Hard-threshold auto-labelling with a teacher (paper section 4).
+
+    hmsa autolabel --checkpoint=TEACHER --images=DIR --out=LABELS [--threshold=0.9]
+                   [--scales=0.5,1.0,2.0] [--flip] [--border=cityscapes]
+
+The teacher predicts each image at the given scales; a pixel gets the argmax class where the
+fused softmax probability exceeds the threshold and ignore (255) elsewhere, and outside the
+kept border region when one is given. Output, ready as the training auto-label source:
+
+    LABELS/<image path relative to DIR>.png    train ids, 255 = ignore   (uint8, mode L)
+    LABELS/<image path relative to DIR>.json   coverage per class, confidence, settings
+    LABELS/autolabel_summary.json              totals over all images
+
+Train with `--config.data.autolabel.labels_dir=LABELS --config.data.autolabel.images_root=DIR`.
+Each process labels every process_count-th image on its own devices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
+from hmsa_jax.predict import InferenceError
+
+SUMMARY_NAME = "autolabel_summary.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class BorderMask:
+    """Keep rows [rows) and columns [cols) of an image of `reference_size` (height, width),
+    scaled proportionally to other sizes; everything outside becomes ignore.
+    The reference's Cityscapes recipe keeps rows [15, 840) and columns [14, 2030) of 1024x2048
+    (the ego car's bonnet and the rectification border are not labelled)."""
+    rows: tuple[int, int] = (15, 840)
+    cols: tuple[int, int] = (14, 2030)
+    reference_size: tuple[int, int] = (1024, 2048)
+
+    def __post_init__(self):
+        for name, (lo, hi), limit in (("rows", self.rows, self.reference_size[0]),
+                                      ("cols", self.cols, self.reference_size[1])):
+            if not 0 <= lo < hi <= limit:
+                raise InferenceError(f"border {name}={[lo, hi]}: expected 0 <= start < end <= {limit} "
+                                     f"(reference size {list(self.reference_size)})")
+
+    def keep(self, height: int, width: int) -> np.ndarray:
+        """bool [height, width]: True inside the kept region."""
+        sy, sx = height / self.reference_size[0], width / self.reference_size[1]
+        r0, r1 = round(self.rows[0] * sy), round(self.rows[1] * sy)
+        c0, c1 = round(self.cols[0] * sx), round(self.cols[1] * sx)
+        mask = np.zeros((height, width), bool)
+        mask[r0:r1, c0:c1] = True
+        return mask
+
+    def describe(self) -> dict:
+        return {"rows": list(self.rows), "cols": list(self.cols),
+                "reference_size": list(self.reference_size)}
+
+
+CITYSCAPES_BORDER = BorderMask()
+
+
+def parse_border(text: str | None) -> BorderMask | None:
+    """'none', 'cityscapes', or 'R0,R1,C0,C1@H,W' (kept rows/cols of an H x W image, scaled to
+    each image's size)."""
+    if text is None or text.lower() == "none":
+        return None
+    if text.lower() == "cityscapes":
+        return CITYSCAPES_BORDER
+    try:
+        bounds, size = text.split("@")
+        r0, r1, c0, c1 = (int(v) for v in bounds.split(","))
+        height, width = (int(v) for v in size.split(","))
+    except ValueError:
+        raise InferenceError(f"--border={text!r}; expected none, cityscapes or R0,R1,C0,C1@H,W "
+                             f"(e.g. 15,840,14,2030@1024,2048)") from None
+    return BorderMask((r0, r1), (c0, c1), (height, width))
+
+
+def hard_labels(confidence: np.ndarray, argmax: np.ndarray, threshold: float,
+                keep: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W]: argmax where confidence > threshold (and inside `keep`), else ignore."""
+    selected = confidence > threshold
+    if keep is not None:
+        selected &= keep
+    return np.where(selected, argmax, IGNORE_LABEL).astype(np.uint8)
+
+
+def coverage(labels: np.ndarray, classes: ClassTable) -> dict:
+    """Fraction of the image's pixels per class and ignored."""
+    counts = np.bincount(labels.ravel(), minlength=256)
+    total = labels.size
+    return {"labelled": float(1.0 - counts[IGNORE_LABEL] / total),
+            "ignored": float(counts[IGNORE_LABEL] / total),
+            "per_class": {name: float(counts[k] / total) for k, name in enumerate(classes.names)}}
+
+
+def make_teacher_fn(model, options):
+    """jit(variables, normalised images) -> (max softmax probability, argmax), both [B, H, W]."""
+    from hmsa_jax.predict import make_logits_fn
+
+    logits_fn = make_logits_fn(model, options)
+
+    def teacher(variables, images):
+        probabilities = jax.nn.softmax(logits_fn(variables, images), axis=-1)
+        return jnp.max(probabilities, -1), jnp.argmax(probabilities, -1).astype(jnp.uint8)
+
+    return jax.jit(teacher)
+
+
+def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, options, *,
+                     threshold: float = 0.9, border: BorderMask | None = None,
+                     log=print) -> dict:
+    """Label `images` [(path, name relative to the images root)]; returns the summary."""
+    from hmsa_jax.data.imageio import read_rgb, write_png
+    from hmsa_jax.predict import normalize_input
+
+    if not 0.0 <= threshold < 1.0:
+        raise InferenceError(f"threshold={threshold!r}; expected 0 <= threshold < 1")
+    teacher = make_teacher_fn(loaded.model, options)
+    variables = jax.device_put(loaded.variables, jax.local_devices()[0])
+    settings = {"checkpoint": loaded.path, "model": loaded.model_name, "threshold": threshold,
+                "scales": list(options.scales), "fusion": options.fusion, "flip": options.flip,
+                "window": None if options.window is None else list(options.window),
+                "border": None if border is None else border.describe()}
+    mine = images[jax.process_index()::jax.process_count()]
+    labelled_pixels = total_pixels = 0
+    class_pixels = np.zeros(loaded.num_classes, np.int64)
+    for number, (path, name) in enumerate(mine, 1):
+        image = read_rgb(path)
+        confidence, argmax = (np.asarray(a)[0] for a in teacher(variables, normalize_input(image)))
+        keep = None if border is None else border.keep(*image.shape[:2])
+        labels = hard_labels(confidence, argmax, threshold, keep)
+        write_png(os.path.join(out_dir, name + ".png"), labels)
+        stats = {"image": os.path.abspath(path), "size": list(labels.shape), **coverage(labels, loaded.classes),
+                 "mean_confidence": float(confidence.mean()), **settings}
+        with open(os.path.join(out_dir, name + ".json"), "w") as f:
+            json.dump(stats, f, indent=1)
+        counts = np.bincount(labels.ravel(), minlength=256)
+        class_pixels += counts[:loaded.num_classes]
+        labelled_pixels += int(labels.size - counts[IGNORE_LABEL])
+        total_pixels += labels.size
+        log(f"[{number}/{len(mine)}] {path}: {100 * stats['labelled']:.1f}% labelled")
+    summary = {**settings, "images": len(mine), "pixels": int(total_pixels),
+               "labelled": labelled_pixels / total_pixels if total_pixels else 0.0,
+               "per_class": {name: int(c) for name, c in zip(loaded.classes.names, class_pixels)}}
+    if jax.process_count() > 1:
+        summary["process"] = jax.process_index()
+    name = SUMMARY_NAME if jax.process_count() == 1 else f"autolabel_summary.{jax.process_index()}.json"
+    with open(os.path.join(out_dir, name), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: list[str]) -> int:
+    from hmsa_jax import inference_cli as cli
+
+    parser = cli.argument_parser("hmsa autolabel", "hard-threshold teacher labels for a folder of "
+                                 "images, usable as data.autolabel of a training config")
+    cli.add_checkpoint_arguments(parser)
+    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    parser.add_argument("--out", required=True, help="output folder of label PNGs and JSON")
+    parser.add_argument("--threshold", type=float, default=0.9,
+                        help="keep pixels whose softmax probability exceeds this (paper 0.9)")
+    parser.add_argument("--border", default="none",
+                        help="none | cityscapes (rows [15,840), cols [14,2030) of 1024x2048) | "
+                             "R0,R1,C0,C1@H,W: the region kept, scaled to each image")
+    cli.add_inference_arguments(parser)
+    args = parser.parse_args(argv)
+    return cli.run_guarded("hmsa autolabel", lambda: _autolabel_command(args))
+
+
+def _autolabel_command(args) -> int:
+    from hmsa_jax import inference_cli as cli
+    from hmsa_jax.data.errors import DataError
+    from hmsa_jax.predict import find_images, load_model
+
+    if not os.path.isdir(args.images):
+        raise DataError(f"--images={args.images}: not a folder of images")
+    options = cli.inference_options(args)
+    border = parse_border(args.border)
+    if not 0.0 <= args.threshold < 1.0:
+        raise InferenceError(f"--threshold={args.threshold}; expected 0 <= threshold < 1")
+    images = find_images([args.images])
+    cli.configure_runtime_for_checkpoint(args.checkpoint)
+    loaded = load_model(args.checkpoint, step=args.step, which=args.which)
+    summary = autolabel_images(loaded, images, args.out, options, threshold=args.threshold,
+                               border=border)
+    print(f"{summary['images']} images, {100 * summary['labelled']:.1f}% of pixels labelled -> {args.out}")
+    print(f"train with: --config.data.autolabel.labels_dir={os.path.abspath(args.out)} "
+          f"--config.data.autolabel.images_root={os.path.abspath(args.images)}")
+    return 0
+
+
+__all__ = ["BorderMask", "CITYSCAPES_BORDER", "autolabel_images", "coverage", "hard_labels",
+           "make_teacher_fn", "parse_border"]

@@ -1,0 +1,224 @@
+"""Evaluation of a checkpoint over a dataset split, at any scales, on any number of devices/hosts.
+
+    hmsa eval --checkpoint=/tmp/hmsa_demo [--config=configs/x.py ...] [--scales=0.5,1.0,2.0]
+              [--flip] [--fusion=hierarchical|avg|max] [--window=H,W] [--save-predictions=DIR]
+
+The eval split comes in padded global batches whose `valid` mask marks padding, so every image
+is scored exactly once whatever the device and process count; the [K, K] confusion matrix is
+summed on the devices (replicated result) and turned into per-class IoU, mIoU, pixel accuracy
+and mean class accuracy. `--save-predictions` writes one PNG per image (Cityscapes labelIds for
+Cityscapes, the format of the benchmark server and of cityscapesscripts' evaluator; train ids
+otherwise), each process writing its own images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmsa_jax import parallel
+from hmsa_jax.metrics import confusion_matrix, format_scores, segmentation_scores
+from hmsa_jax.predict import InferenceError, InferenceOptions, LoadedModel, make_logits_fn
+
+
+@dataclasses.dataclass
+class EvalResult:
+    scores: dict  # metrics.segmentation_scores of the confusion matrix
+    confusion: np.ndarray  # [K, K] int64, rows ground truth
+    num_images: int  # valid images scored, over all processes
+    num_records: int  # images in the split
+    seconds: float
+    class_names: tuple[str, ...]
+
+    def table(self) -> str:
+        return format_scores(self.scores, self.class_names)
+
+    def to_json(self, **extra) -> dict:
+        as_float = lambda v: None if not np.isfinite(v) else float(v)
+        s = self.scores
+        return {**extra, "num_images": self.num_images, "num_records": self.num_records,
+                "miou": as_float(s["miou"]), "pixel_accuracy": as_float(s["pixel_accuracy"]),
+                "mean_class_accuracy": as_float(s["mean_class_accuracy"]), "pixels": s["pixels"],
+                "per_class": {name: {"iou": as_float(i), "accuracy": as_float(a)}
+                              for name, i, a in zip(self.class_names, s["iou"], s["class_accuracy"])},
+                "confusion": self.confusion.tolist(), "seconds": round(self.seconds, 2)}
+
+
+def make_eval_fn(model, num_classes: int, mesh, options: InferenceOptions, with_predictions: bool):
+    """jit(variables, batch) -> (confusion [K, K], images counted, predictions [B, H, W] uint8
+    or None), variables replicated and the batch split over the mesh's "data" axis."""
+    from hmsa_jax.train.step import prepare_images
+
+    logits_fn = make_logits_fn(model, options)
+
+    def step(variables, batch):
+        logits = logits_fn(variables, prepare_images(batch["image"]))
+        predictions = jnp.argmax(logits, axis=-1)
+        confusion = confusion_matrix(predictions, batch["label"], num_classes, batch["valid"])
+        counted = jnp.sum(batch["valid"].astype(jnp.int32))
+        return confusion, counted, predictions.astype(jnp.uint8) if with_predictions else None
+
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(replicated, sharded),
+                   out_shardings=(replicated, replicated, sharded if with_predictions else None))
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array, in the order of its local batch."""
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows, seen = [], set()
+    for shard in shards:
+        start = shard.index[0].start or 0
+        if start not in seen:  # replicas of one row block (several devices per row) once
+            seen.add(start)
+            rows.append(np.asarray(shard.data))
+    return np.concatenate(rows)
+
+
+def prediction_writer(directory: str, source, classes_name: str, padded: bool) -> Callable:
+    """write(record index, train ids [H, W]) -> path: Cityscapes labelIds for Cityscapes,
+    train ids otherwise, at `directory/<record name>.png`, cropped to the image when padded."""
+    from hmsa_jax.data.imageio import write_png
+    from hmsa_jax.data.labels import cityscapes_train_ids_to_label_ids
+
+    cityscapes = classes_name == "cityscapes"
+
+    def write(index: int, train_ids: np.ndarray) -> str:
+        if padded:
+            height, width = source.load_label(index).shape
+            train_ids = train_ids[:height, :width]
+        values = cityscapes_train_ids_to_label_ids(train_ids) if cityscapes else train_ids
+        path = os.path.join(directory, source.name(index) + ".png")
+        write_png(path, values)
+        return path
+
+    return write
+
+
+def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
+             predictions_dir: str | None = None, max_batches: int = 0,
+             log: Callable[[str], None] = print) -> EvalResult:
+    """Score `loaded` on data.eval_split of the `data` config section (see module docstring)."""
+    from hmsa_jax.data.build import make_eval_dataset
+
+    mesh = mesh or parallel.make_mesh()
+    parallel.check_batch_size(data.eval.batch_size, mesh, "data.eval.batch_size")
+    eval_ds, num_batches, source = make_eval_dataset(data)
+    if source.classes.num_classes != loaded.num_classes:
+        raise InferenceError(f"{loaded.path}: the checkpoint predicts {loaded.num_classes} classes, "
+                             f"dataset {data.dataset!r} has {source.classes.num_classes} "
+                             f"({source.classes.name}); evaluate with the dataset it was trained on")
+    variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
+    eval_fn = make_eval_fn(loaded.model, loaded.num_classes, mesh, options, predictions_dir is not None)
+    write = None
+    if predictions_dir is not None:
+        write = prediction_writer(predictions_dir, source, source.classes.name, all(data.eval.pad_to))
+    start = time.perf_counter()
+    confusion = counted = None
+    for number, batch in enumerate(eval_ds):
+        if max_batches and number >= max_batches:
+            break
+        arrays = parallel.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
+        batch_confusion, batch_count, predictions = eval_fn(variables, arrays)
+        confusion = batch_confusion if confusion is None else confusion + batch_confusion
+        counted = batch_count if counted is None else counted + batch_count
+        if write is not None:
+            for row, index, valid in zip(local_rows(predictions), batch["index"], batch["valid"]):
+                if valid:
+                    write(int(index), row)
+        log(f"batch {number + 1}/{num_batches}")
+    if confusion is None:
+        raise InferenceError("nothing was evaluated (max_batches or an empty split)")
+    # Replicated: every process holds the whole matrix.
+    confusion = np.asarray(confusion.addressable_data(0)).astype(np.int64)
+    return EvalResult(segmentation_scores(confusion), confusion, int(counted.addressable_data(0)),
+                      len(source), time.perf_counter() - start, tuple(source.classes.names))
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: list[str]) -> int:
+    from hmsa_jax import inference_cli as cli
+
+    parser = cli.argument_parser(
+        "hmsa eval", "Score a checkpoint on a dataset split: per-class IoU, mIoU, pixel and mean "
+        "class accuracy. The data section comes from --config (with --config.a.b=value "
+        "overrides) or, without it, from the checkpoint's saved config.")
+    cli.add_checkpoint_arguments(parser)
+    cli.add_inference_arguments(parser)
+    parser.add_argument("--num-devices", type=int, default=0, help="devices to use (0: all)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="global eval batch size (0: data.eval.batch_size of the config)")
+    parser.add_argument("--max-batches", type=int, default=0, help="score only the first N batches")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="write one PNG per image (Cityscapes labelIds for Cityscapes)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if not a.startswith("--config")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return cli.run_guarded("hmsa eval", lambda: _eval_command(args, rest))
+
+
+def _load_data_config(config_args: list[str], meta: dict, checkpoint: str):
+    from ml_collections import ConfigDict
+
+    from hmsa_jax.configlib import ConfigError, load_config
+
+    if any(a.startswith("--config=") for a in config_args):
+        config, _ = load_config(config_args)
+        return config
+    if config_args:
+        raise ConfigError(f"{config_args[0]}: --config.* overrides need --config=FILE")
+    if not meta.get("config"):
+        raise ConfigError(f"{checkpoint}: this checkpoint stores no config (a converted one?); pass "
+                          f"--config=configs/<dataset>.py to say what to evaluate on")
+    return ConfigDict(meta["config"])
+
+
+def _eval_command(args, config_args: list[str]) -> int:
+    from hmsa_jax import inference_cli as cli
+    from hmsa_jax.predict import load_model, resolve_checkpoint
+
+    options = cli.inference_options(args)  # bad scales fail before anything loads
+    _, step_dir, meta = resolve_checkpoint(args.checkpoint, args.step, args.which)
+    config = _load_data_config(config_args, meta, args.checkpoint)
+    if "runtime" in config:
+        cli.configure_runtime(config.runtime)
+    if args.batch_size:
+        config.data.eval.batch_size = args.batch_size
+    parallel.initialize_distributed_if_requested()
+    mesh = parallel.make_mesh(args.num_devices or None)
+    expect = config.model.name if "model" in config and any(a.startswith("--config=") for a in config_args) else None
+    loaded = load_model(step_dir, sharding=parallel.replicated(mesh), expect_model=expect)
+    main_process = jax.process_index() == 0
+    say = print if main_process else (lambda _: None)
+    say(f"{loaded.path}: {loaded.model_name}, {loaded.num_classes} classes, step {loaded.meta.get('step')}; "
+        f"{config.data.dataset} {config.data.eval_split}, scales {list(options.scales)}, "
+        f"fusion {options.fusion}{', flip' if options.flip else ''}"
+        f"{f', windows {options.window}' if options.window else ', whole images'}, "
+        f"{mesh.devices.size} devices, {jax.process_count()} processes")
+    result = evaluate(loaded, config.data, options, mesh=mesh, predictions_dir=args.save_predictions,
+                      max_batches=args.max_batches, log=lambda _: None)
+    say(result.table())
+    say(f"{result.num_images} of {result.num_records} images scored in {result.seconds:.1f} s")
+    report = result.to_json(checkpoint=loaded.path, model=loaded.model_name, step=loaded.meta.get("step"),
+                            dataset=config.data.dataset, split=config.data.eval_split,
+                            **{k: (list(v) if isinstance(v, tuple) else v)
+                               for k, v in dataclasses.asdict(options).items()})
+    if main_process:
+        for path in filter(None, (args.json, args.save_predictions and
+                                  os.path.join(args.save_predictions, "scores.json"))):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(report, f, indent=1)
+            say(f"wrote {path}")
+    return 0
+
+
+__all__ = ["EvalResult", "evaluate", "local_rows", "make_eval_fn", "prediction_writer"]

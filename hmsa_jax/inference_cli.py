@@ -1,0 +1,105 @@
+"""Command-line pieces shared by `hmsa eval`, `hmsa predict` and `hmsa autolabel`: checkpoint
+and inference options, runtime setup, and turning our error types into one clear line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+FUSION_CHOICES = ("hierarchical", "avg", "max")
+
+
+def argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    # allow_abbrev=False: a --config.a.b override must never be taken for an abbreviation.
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="a training workdir, its checkpoints/ folder, one step folder, or a "
+                             "`hmsa convert` output")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: --which)")
+    parser.add_argument("--which", choices=("latest", "best"), default="latest",
+                        help="latest step, or the best by validation mIoU")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, default_scales: str = "0.5,1.0,2.0") -> None:
+    parser.add_argument("--scales", default=default_scales,
+                        help=f"comma-separated inference scales containing 1.0 (default {default_scales})")
+    parser.add_argument("--fusion", choices=FUSION_CHOICES, default="hierarchical",
+                        help="hierarchical attention (the paper), or the avg / max baselines")
+    parser.add_argument("--flip", action="store_true", help="average with the mirrored image's logits")
+    parser.add_argument("--window", default=None, metavar="H,W",
+                        help="sliding-window inference with windows of H x W pixels (for images too "
+                             "large for memory); default: whole images")
+    parser.add_argument("--overlap", type=float, default=1 / 3,
+                        help="fraction of a window shared with its neighbour (sliding window)")
+
+
+def parse_pair(text: str | None, what: str) -> tuple[int, int] | None:
+    from hmsa_jax.predict import InferenceError
+
+    if text is None:
+        return None
+    try:
+        first, second = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InferenceError(f"{what}={text!r}; expected two integers 'H,W'") from None
+    return first, second
+
+
+def inference_options(args):
+    from hmsa_jax.predict import InferenceOptions, parse_scales
+
+    return InferenceOptions(parse_scales(args.scales), args.fusion, args.flip,
+                            parse_pair(args.window, "--window"), args.overlap)
+
+
+def configure_runtime(runtime=None) -> None:
+    """Compilation cache and CPU fast compile as `hmsa train` does (before any backend starts)."""
+    from hmsa_jax.train.cli import configure_runtime as configure
+    from hmsa_jax.train.config import default_config
+
+    for note in configure(runtime if runtime is not None else default_config().runtime):
+        print(note)
+
+
+def configure_runtime_for_checkpoint(path: str) -> None:
+    """The runtime section of the checkpoint's saved config (defaults for converted ones)."""
+    from ml_collections import ConfigDict
+
+    from hmsa_jax.predict import resolve_checkpoint
+    from hmsa_jax.train.config import default_config
+
+    _, _, meta = resolve_checkpoint(path)
+    runtime = default_config().runtime
+    saved = (meta.get("config") or {}).get("runtime")
+    if saved:
+        runtime = ConfigDict({**runtime.to_dict(), **{k: v for k, v in saved.items() if k in runtime}})
+    configure_runtime(runtime)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean 'bad input', printed as one line instead of a traceback."""
+    from hmsa_jax.checkpoint import CheckpointError
+    from hmsa_jax.configlib import ConfigError
+    from hmsa_jax.data.errors import DataError
+    from hmsa_jax.predict import InferenceError
+
+    return (CheckpointError, ConfigError, DataError, InferenceError, FileNotFoundError)
+
+
+def run_guarded(prog: str, command: Callable[[], int]) -> int:
+    """Run `command`; our error types become 'prog: message' on stderr and exit code 2."""
+    errors = user_errors()
+    try:
+        return int(command() or 0)
+    except errors as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_checkpoint_arguments", "add_inference_arguments", "argument_parser",
+           "configure_runtime", "configure_runtime_for_checkpoint", "inference_options",
+           "parse_pair", "run_guarded", "user_errors"]
