@@ -24,6 +24,13 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 BEST_METRIC = "val/miou"
 CHECKPOINTS_SUBDIR = "checkpoints"
+# Retired steps are first renamed here (atomic), then deleted: Orbax's own deletion removes a
+# step's files one by one, and a process killed midway would leave a partial "<step>/" folder
+# that looks complete.
+TODELETE_SUBDIR = "todelete"
+# Counters added to TrainState after the first checkpoints were written; restored as 0 from
+# checkpoints without them.
+OPTIONAL_STATE_KEYS = ("nonfinite_streak", "skipped_steps")
 
 
 class CheckpointError(ValueError):
@@ -41,16 +48,35 @@ def make_manager(directory: str, *, max_to_keep: int = 3, keep_best: int = 1,
         policies.append(preservation_policy.BestN(
             get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=keep_best,
             keep_checkpoints_without_metrics=False))
+    # A save is written to "<step>.orbax-checkpoint-tmp-*" and renamed to "<step>" when complete
+    # (on every process), so a "<step>" folder is always a whole checkpoint; leftovers of a
+    # killed save are removed when the next manager opens the folder.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.expanduser(directory)),
-                                 item_names=(STATE, DATA_ITER, META), options=options)
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
+        todelete_subdir=TODELETE_SUBDIR)
+    directory = os.path.abspath(os.path.expanduser(directory))
+    manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA_ITER, META), options=options)
+    purge_retired(directory)
+    return manager
+
+
+def purge_retired(directory: str) -> None:
+    """Delete the steps Orbax retired into TODELETE_SUBDIR (process 0; partial deletion there is
+    harmless: nothing reads that folder)."""
+    import shutil
+
+    retired = os.path.join(directory, TODELETE_SUBDIR)
+    if jax.process_index() != 0 or not os.path.isdir(retired):
+        return
+    for name in os.listdir(retired):
+        shutil.rmtree(os.path.join(retired, name), ignore_errors=True)
 
 
 def state_tree(state) -> dict:
     return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state}
+            "opt_state": state.opt_state, "nonfinite_streak": state.nonfinite_streak,
+            "skipped_steps": state.skipped_steps}
 
 
 def save(manager: ocp.CheckpointManager, state, data_iterator, meta: dict,
@@ -60,6 +86,7 @@ def save(manager: ocp.CheckpointManager, state, data_iterator, meta: dict,
     import grain
 
     step = int(jax.device_get(state.step))
+    purge_retired(str(manager.directory))
     items = {STATE: ocp.args.StandardSave(state_tree(state)), META: ocp.args.JsonSave(meta)}
     if data_iterator is not None:
         items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -77,14 +104,39 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{manager.directory}: no checkpoint to restore")
-    items = {STATE: ocp.args.StandardRestore(state_tree(abstract_state)), META: ocp.args.JsonRestore()}
+    target = state_tree(abstract_state)
+    stored_keys = _stored_state_keys(os.path.join(str(manager.directory), str(step)))
+    absent = [key for key in OPTIONAL_STATE_KEYS if stored_keys is not None and key not in stored_keys]
+    for key in absent:
+        del target[key]
+    items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
     if data_iterator is not None:
         items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    tree = restored[STATE]
-    state = abstract_state.replace(step=tree["step"], params=tree["params"],
-                                   batch_stats=tree["batch_stats"], opt_state=tree["opt_state"])
+    tree = dict(restored[STATE])
+    for key in absent:
+        tree[key] = _zeros_like(getattr(abstract_state, key))
+    state = abstract_state.replace(**tree)
     return state, restored.get(DATA_ITER) if data_iterator is not None else None, restored[META]
+
+
+def _stored_state_keys(step_dir: str) -> set[str] | None:
+    """Top-level keys of a step's saved state (None if its metadata cannot be read)."""
+    try:
+        stored = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, STATE))
+    except Exception:  # noqa: BLE001 - then restore everything and let Orbax report
+        return None
+    stored = getattr(stored, "item_metadata", stored)
+    stored = getattr(stored, "tree", stored)
+    return set(stored) if isinstance(stored, dict) else None
+
+
+def _zeros_like(abstract) -> jax.Array:
+    import jax.numpy as jnp
+
+    sharding = getattr(abstract, "sharding", None)
+    zeros = jnp.zeros(abstract.shape, abstract.dtype)
+    return jax.device_put(zeros, sharding) if sharding is not None else zeros
 
 
 def _step_dirs(directory: str) -> list[int]:
@@ -153,5 +205,6 @@ def restore_variables(path: str, step: int | None = None, which: str = "latest",
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}, read_meta(step_dir)
 
 
-__all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CheckpointError", "make_manager", "read_meta",
-           "resolve_step_dir", "restore", "restore_variables", "save", "state_tree"]
+__all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CheckpointError", "TODELETE_SUBDIR",
+           "make_manager", "purge_retired", "read_meta", "resolve_step_dir", "restore",
+           "restore_variables", "save", "state_tree"]

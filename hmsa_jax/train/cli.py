@@ -6,6 +6,14 @@ config it needs no dataset:
     hmsa train --config=configs/synthetic_demo.py --workdir=/tmp/hmsa_demo
 
 Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/ and DIR/checkpoints/.
+
+Multi-host: the same command on every host; the job is joined as config.distributed and the
+environment say (SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
+JAX_PROCESS_ID). --stop_after=N ends this run after N steps with a checkpoint.
+
+Exit status: 0 done (or --stop_after reached); 2 a config or workdir error; 75 stopped by
+SIGTERM/SIGINT after saving a checkpoint (run the same command to resume); 1 any other error,
+e.g. too many non-finite steps in a row or a process of the job that could not be reached.
 """
 from __future__ import annotations
 
@@ -52,6 +60,11 @@ def _define_flags(values) -> None:
     from absl import flags
 
     flags.DEFINE_string("workdir", None, "run folder: config, metrics, checkpoints", flag_values=values)
+    flags.DEFINE_integer("stop_after", None, "end this run after N steps (with a checkpoint)",
+                         flag_values=values)
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (resume) later
 
 
 def main(argv: list[str]) -> int:
@@ -73,14 +86,40 @@ def main(argv: list[str]) -> int:
     for note in configure_runtime(config.runtime):
         print(note)
     from hmsa_jax import parallel
-    from hmsa_jax.train.loop import train
+    from hmsa_jax.train.loop import NonFiniteError, Preempted, train
 
-    parallel.initialize_distributed_if_requested()
+    plan = parallel.distributed_plan(config.distributed)
+    if plan is not None:
+        # The runtime aborts the process (a fatal log line, not a Python error) when a peer
+        # never connects or stops sending heartbeats; this line says what it was waiting for.
+        print(f"hmsa train: joining a multi-process job ({plan.reason}); waiting up to "
+              f"{config.distributed.initialization_timeout_s} s for all processes, a process "
+              f"silent for {config.distributed.heartbeat_timeout_s} s stops the job",
+              file=sys.stderr, flush=True)
     try:
-        summary = train(config, values.workdir)
+        parallel.initialize_distributed(config.distributed)
+    except parallel.DistributedError as error:
+        print(f"hmsa train: {error}", file=sys.stderr)
+        return 1
+    if plan is not None:
+        import jax
+
+        print(f"hmsa train: process {jax.process_index()} of {jax.process_count()}, "
+              f"{jax.local_device_count()} local / {jax.device_count()} devices", flush=True)
+    try:
+        summary = train(config, values.workdir, stop_after=values.stop_after)
     except ConfigError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(format_summary(stop.summary))
+        print(f"hmsa train: {stop.signal_name} received: stopped after step {stop.step} and saved "
+              f"{stop.checkpoint_dir}. To resume, run the same command again: "
+              f"hmsa train {' '.join(argv)}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT_CODE
+    except NonFiniteError as error:
+        print(f"hmsa train: {error}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     return 0
 
@@ -93,6 +132,8 @@ def format_summary(summary: dict) -> str:
     if "val_miou" in summary:
         lines.append(f"  val mIoU         {100 * summary['val_miou']:.2f} "
                      f"(best {100 * summary['best_val_miou']:.2f})")
+    if summary.get("skipped_steps"):
+        lines.append(f"  skipped steps    {summary['skipped_steps']} (non-finite loss or gradient)")
     lines.append(f"  checkpoint       {summary['checkpoint']}")
     lines.append(f"  workdir          {summary['workdir']}")
     return "\n".join(lines)

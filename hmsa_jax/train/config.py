@@ -50,6 +50,29 @@ def default_config() -> ConfigDict:
         scales=(1.0,), fusion="hierarchical",  # hierarchical | avg | max
         max_batches=0,  # 0: the whole eval split
     ))
+    config.distributed = ConfigDict(dict(
+        # auto: join a multi-process job when the environment describes one (an explicit
+        # coordinator below or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, SLURM
+        # with >1 task, Open MPI with >1 rank, a TPU pod); on: always call
+        # jax.distributed.initialize (its own cluster detection); off: single process.
+        mode="auto",
+        coordinator_address="",  # host:port of process 0; "" -> environment
+        num_processes=0,  # 0 -> environment
+        process_id=-1,  # -1 -> environment
+        # Seconds every process waits for all the others to connect (a host that never starts).
+        initialization_timeout_s=300,
+        # Seconds without a heartbeat before the coordinator declares a process dead and the
+        # others stop with an error (a host that dies mid-run).
+        heartbeat_timeout_s=100,
+    ))
+    config.faults = ConfigDict(dict(
+        # Steps with a non-finite loss or gradient are skipped (no update) and counted; this
+        # many in a row stop the run with an error (the last good checkpoint is kept).
+        max_nonfinite_steps=10,
+        # Multi-process runs: how often (steps) the processes agree on a received
+        # SIGTERM/SIGINT, so that all stop at the same step and save together.
+        stop_check_every=5,
+    ))
     config.runtime = ConfigDict(dict(
         compile_cache="~/.cache/hmsa_jax/jax_cache",  # "" disables the persistent cache
         # On CPU only: XLA backend optimisation level 0 roughly halves compile time of these
@@ -58,9 +81,6 @@ def default_config() -> ConfigDict:
         progress=True,  # the progress bar (off: one log line per log_every)
     ))
     return config
-
-
-
 
 
 def validate_config(config: ConfigDict) -> None:
@@ -79,7 +99,8 @@ def validate_config(config: ConfigDict) -> None:
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"config.{key}={value!r}; expected {'>= 0' if allow_zero else '> 0'}")
 
-    for section in ("data", "model", "train", "optim", "checkpoint", "validation", "runtime"):
+    for section in ("data", "model", "train", "optim", "checkpoint", "validation", "distributed",
+                    "faults", "runtime"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; build configs on "
                               f"hmsa_jax.train.config.default_config()")
@@ -103,6 +124,15 @@ def validate_config(config: ConfigDict) -> None:
     positive("checkpoint.max_to_keep", config.checkpoint.max_to_keep)
     positive("checkpoint.keep_best", config.checkpoint.keep_best, allow_zero=True)
     choice("validation.fusion", config.validation.fusion, tuple(FUSIONS))
+    choice("distributed.mode", config.distributed.mode, ("auto", "on", "off"))
+    positive("distributed.num_processes", config.distributed.num_processes, allow_zero=True)
+    if config.distributed.process_id < -1:
+        raise ConfigError(f"config.distributed.process_id={config.distributed.process_id}; "
+                          f"expected -1 (from the environment) or >= 0")
+    positive("distributed.initialization_timeout_s", config.distributed.initialization_timeout_s)
+    positive("distributed.heartbeat_timeout_s", config.distributed.heartbeat_timeout_s)
+    positive("faults.max_nonfinite_steps", config.faults.max_nonfinite_steps)
+    positive("faults.stop_check_every", config.faults.stop_check_every)
     try:
         from hmsa_jax.multiscale import validate_scales
 

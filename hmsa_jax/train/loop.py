@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -27,6 +29,73 @@ from hmsa_jax.train.state import abstract_train_state, create_train_state
 
 # Changing these under an existing workdir would restore a checkpoint into another model.
 IDENTITY_KEYS = (("model", "name"), ("model", "num_classes"))
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(Exception):
+    """The run stopped at a step boundary on SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint_dir: str | None, summary: dict):
+        self.signal_name, self.step, self.checkpoint_dir, self.summary = (
+            signal_name, step, checkpoint_dir, summary)
+        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint "
+                         f"{checkpoint_dir}; run the same command again to resume from it")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
+
+
+class StopSignals:
+    """Records SIGTERM/SIGINT instead of dying, so the loop can finish its step and save.
+    A second signal of the same kind restores the default action and re-delivers it."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.received == signum:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+
+def agreed_stop(signals: StopSignals, step: int, check_every: int) -> bool:
+    """Whether every process stops after `step`: single process, as soon as a signal came;
+    several processes, at steps that are multiples of `check_every`, if any process got one
+    (a collective all processes reach at the same steps)."""
+    if jax.process_count() == 1:
+        return signals.received is not None
+    if step % check_every:
+        return False
+    return parallel.process_any(signals.received is not None)
+
+
+def write_json_atomically(path: str, value) -> None:
+    """A kill mid-write leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def build_optimizer(optim, total_steps: int):
@@ -60,13 +129,31 @@ def resolve_num_classes(config, classes) -> int:
     return classes.num_classes
 
 
+def _saved_config(workdir: str) -> tuple[str, dict] | None:
+    """(where, config) of what the workdir trains: config.json, else the config in the latest
+    complete checkpoint (a run killed before it wrote config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return path, json.load(f)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: unreadable ({error}); it should hold the config this "
+                              f"workdir was trained with") from None
+    try:
+        step_dir = checkpoint.resolve_step_dir(workdir)
+    except checkpoint.CheckpointError:
+        return None
+    meta = checkpoint.read_meta(step_dir)
+    return (os.path.join(step_dir, checkpoint.META), meta["config"]) if "config" in meta else None
+
+
 def check_workdir(workdir: str, resolved: dict) -> None:
     """Refuse a workdir whose saved config trains another model or class count."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    found = _saved_config(workdir)
+    if found is None:
         return
-    with open(path) as f:
-        saved = json.load(f)
+    path, saved = found
     for section, key in IDENTITY_KEYS:
         old, new = saved.get(section, {}).get(key), resolved[section][key]
         if old != new:
@@ -83,7 +170,9 @@ class MetricWriter:
             return
         from tensorboardX import SummaryWriter
 
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        drop_partial_last_line(path)
+        self._jsonl = open(path, "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
@@ -100,6 +189,16 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def drop_partial_last_line(path: str) -> None:
+    """Cut a line a killed process left half-written, so appended lines stay parseable."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 class Progress:
@@ -148,7 +247,12 @@ def validate(eval_fn, variables, eval_ds, num_batches: int, mesh, max_batches: i
 def train(config, workdir: str, *, stop_after: int | None = None,
           log: Callable[[str], None] = print) -> dict:
     """Run (or resume) training; `stop_after` ends this run after that many steps of it (as a
-    preemption would, with a checkpoint), for tests and time-boxed jobs."""
+    preemption would, with a checkpoint), for tests and time-boxed jobs.
+
+    SIGTERM/SIGINT: the current step finishes, a checkpoint is written and `Preempted` is raised
+    (all processes stop at the same step). `faults.max_nonfinite_steps` non-finite steps in a
+    row raise NonFiniteError without saving.
+    """
     from hmsa_jax.data.build import class_table, make_eval_dataset, make_train_dataset
 
     validate_config(config)
@@ -202,13 +306,14 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                                       parallel.replicate(variables["params"], mesh)))
             log(report.format())
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=2)
+        write_json_atomically(os.path.join(workdir, "config.json"), resolved)
 
+    max_nonfinite = config.faults.max_nonfinite_steps
     step_config = step_lib.StepConfig(
         loss=step_lib.LossConfig(config.train.criterion, config.train.aux_weight,
                                  config.train.scale_supervision_weight, config.train.ignore_label),
-        scale_mode=config.train.scale_mode, remat=config.train.remat)
+        scale_mode=config.train.scale_mode, remat=config.train.remat,
+        max_nonfinite_steps=max_nonfinite)
     train_fn = step_lib.jit_train_step(model, tx, step_config, mesh, schedule)
     eval_fn = eval_ds = None
     if validating:
@@ -226,49 +331,90 @@ def train(config, workdir: str, *, stop_after: int | None = None,
     best_miou, last_loss, last_scores = float("nan"), float("nan"), None
     run_start = last_time = time.perf_counter()
     last_logged = step = start_step
-    while step < total_steps and (stop_after is None or step - start_step < stop_after):
-        batch = parallel.global_batch(next(iterator), mesh)
-        state, metrics = train_fn(state, batch, dropout_key)
-        step += 1
-        if step % config.train.log_every == 0 or step == total_steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            images_per_s = (step - last_logged) * batch_images / (now - last_time)
-            metrics["images_per_s"] = images_per_s
-            writer.write(step, metrics)
-            last_loss = metrics["loss"]
-            progress.update(step, step - last_logged,
-                            {"loss": f"{metrics['loss']:.4f}", "lr": f"{metrics['learning_rate']:.2e}",
-                             "img/s": f"{images_per_s:.1f}"})
-            last_logged, last_time = step, now
-        val_metrics = None
-        every = config.validation.every_steps
-        if validating and ((every > 0 and step % every == 0) or step == total_steps):
-            confusion = validate(eval_fn, state.variables, eval_ds, num_eval_batches, mesh,
-                                 config.validation.max_batches)
-            last_scores = segmentation_scores(confusion)
-            val_metrics = {"val/miou": last_scores["miou"],
-                           "val/pixel_accuracy": last_scores["pixel_accuracy"],
-                           "val/mean_class_accuracy": last_scores["mean_class_accuracy"]}
-            writer.write(step, val_metrics)
-            best_miou = np.nanmax([best_miou, last_scores["miou"]])
-            progress.write(f"step {step}: val mIoU {100 * last_scores['miou']:.2f} "
-                           f"(pixel acc {100 * last_scores['pixel_accuracy']:.2f})")
-            last_time = time.perf_counter()  # validation is not training throughput
-        stopping = stop_after is not None and step - start_step >= stop_after
-        if (step % config.train.checkpoint_every == 0 or step == total_steps or stopping
-                or val_metrics is not None):
-            checkpoint.save(manager, state, iterator, meta(step, val_metrics), val_metrics)
-    progress.close()
-    manager.wait_until_finished()
-    latest = manager.latest_step()
-    manager.close()
-    writer.close()
+    skipped_logged = int(jax.device_get(state.skipped_steps))
+    stop_signal, nonfinite_error = "", None
+
+    def check_finite() -> None:
+        """Raise NonFiniteError once the step's streak of skipped steps reached the limit."""
+        streak = int(jax.device_get(state.nonfinite_streak))
+        if streak >= max_nonfinite:
+            good = manager.latest_step()
+            raise NonFiniteError(
+                f"step {step}: {streak} steps in a row had a non-finite loss or gradient "
+                f"(faults.max_nonfinite_steps={max_nonfinite}); they were skipped and the run "
+                f"stopped without saving. Last good checkpoint: "
+                f"{os.path.join(str(manager.directory), str(good)) if good is not None else 'none'}. "
+                f"Lower optim.learning_rate or set optim.grad_clip_norm, then run again to "
+                f"resume from it.")
+
+    with StopSignals() as signals:
+        try:
+            while step < total_steps and (stop_after is None or step - start_step < stop_after):
+                batch = parallel.global_batch(next(iterator), mesh)
+                state, metrics = train_fn(state, batch, dropout_key)
+                step += 1
+                if step % config.train.log_every == 0 or step == total_steps:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    check_finite()
+                    now = time.perf_counter()
+                    images_per_s = (step - last_logged) * batch_images / (now - last_time)
+                    metrics["images_per_s"] = images_per_s
+                    writer.write(step, metrics)
+                    last_loss = metrics["loss"]
+                    progress.update(step, step - last_logged,
+                                    {"loss": f"{metrics['loss']:.4f}",
+                                     "lr": f"{metrics['learning_rate']:.2e}",
+                                     "img/s": f"{images_per_s:.1f}"})
+                    if metrics["skipped_steps"] > skipped_logged:
+                        skipped_logged = int(metrics["skipped_steps"])
+                        progress.write(f"step {step}: {skipped_logged} step(s) with a non-finite "
+                                       f"loss or gradient skipped so far")
+                    last_logged, last_time = step, now
+                val_metrics = None
+                every = config.validation.every_steps
+                if validating and ((every > 0 and step % every == 0) or step == total_steps):
+                    confusion = validate(eval_fn, state.variables, eval_ds, num_eval_batches, mesh,
+                                         config.validation.max_batches)
+                    last_scores = segmentation_scores(confusion)
+                    val_metrics = {"val/miou": last_scores["miou"],
+                                   "val/pixel_accuracy": last_scores["pixel_accuracy"],
+                                   "val/mean_class_accuracy": last_scores["mean_class_accuracy"]}
+                    writer.write(step, val_metrics)
+                    best_miou = np.nanmax([best_miou, last_scores["miou"]])
+                    progress.write(f"step {step}: val mIoU {100 * last_scores['miou']:.2f} "
+                                   f"(pixel acc {100 * last_scores['pixel_accuracy']:.2f})")
+                    last_time = time.perf_counter()  # validation is not training throughput
+                if agreed_stop(signals, step, config.faults.stop_check_every):
+                    stop_signal = signals.name or "a stop signal on another process"
+                stopping = bool(stop_signal) or (stop_after is not None
+                                                 and step - start_step >= stop_after)
+                if (step % config.train.checkpoint_every == 0 or step == total_steps or stopping
+                        or val_metrics is not None):
+                    check_finite()
+                    checkpoint.save(manager, state, iterator, meta(step, val_metrics), val_metrics)
+                if stop_signal:
+                    break
+        except NonFiniteError as error:
+            nonfinite_error = error
+        finally:
+            # A save in flight is completed (or, on an error, at least not left half-written by
+            # us); the step folders Orbax commits are whole in any case.
+            progress.close()
+            manager.wait_until_finished()
+            latest = manager.latest_step()
+            manager.close()
+            writer.close()
+    if nonfinite_error is not None:
+        raise nonfinite_error
     elapsed = time.perf_counter() - run_start
+    skipped_total = int(jax.device_get(state.skipped_steps))
     summary = {"workdir": workdir, "steps": step, "total_steps": total_steps,
                "steps_this_run": step - start_step, "seconds": elapsed,
                "final_loss": last_loss, "best_val_miou": float(best_miou),
+               "skipped_steps": skipped_total,
                "checkpoint": None if latest is None else os.path.join(str(manager.directory), str(latest))}
+    if stop_signal:
+        raise Preempted(stop_signal, step, summary["checkpoint"], summary)
     if last_scores is not None:
         summary["val_miou"] = last_scores["miou"]
         if is_main:
@@ -276,4 +422,6 @@ def train(config, workdir: str, *, stop_after: int | None = None,
     return summary
 
 
-__all__ = ["build_model", "build_optimizer", "check_workdir", "train", "validate"]
+__all__ = ["NonFiniteError", "Preempted", "StopSignals", "agreed_stop", "build_model",
+           "build_optimizer", "check_workdir", "drop_partial_last_line", "train", "validate",
+           "write_json_atomically"]

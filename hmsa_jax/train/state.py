@@ -14,12 +14,19 @@ import jax.numpy as jnp
 import optax
 
 
+def _zero_count() -> jax.Array:
+    return jnp.zeros((), jnp.int32)
+
+
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # int32 scalar: optimiser updates applied so far
+    step: jax.Array  # int32 scalar: training steps taken (batches consumed) so far
     params: Any
     batch_stats: Any
     opt_state: Any
+    # Steps whose loss or gradient was not finite: skipped (state unchanged but for `step`).
+    nonfinite_streak: jax.Array = flax.struct.field(default_factory=_zero_count)  # in a row, now
+    skipped_steps: jax.Array = flax.struct.field(default_factory=_zero_count)  # in all
 
     @property
     def variables(self) -> dict:
@@ -42,7 +49,8 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
         variables = init_variables(model, rng, image_shape)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), variables["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                      nonfinite_streak=_zero_count(), skipped_steps=_zero_count())
 
 
 def abstract_train_state(model, tx, image_shape, sharding=None) -> TrainState:

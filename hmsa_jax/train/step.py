@@ -44,6 +44,10 @@ class StepConfig:
     # "none") run at lo_scale and 1.0 with the two logits averaged.
     scale_mode: str = "model"
     remat: str = "none"  # recorded for checks; applied by the model (remat_trunk)
+    # Steps with a non-finite loss or gradient are always skipped. Once this many came in a
+    # row (0: no limit), every later step is skipped too, so the run's state stays at the
+    # last good one until the loop sees the streak and stops.
+    max_nonfinite_steps: int = 0
 
     def __post_init__(self):
         if self.scale_mode not in SCALE_MODES:
@@ -108,13 +112,40 @@ def train_step(state: TrainState, batch: dict, dropout_key: jax.Array, *, model,
     grads, (components, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = _global_norm(grads)
+    apply = skip_nonfinite_decision(components["total"], grad_norm, state.nonfinite_streak,
+                                    config.max_nonfinite_steps)
     metrics = {f"loss/{k}" if k != "total" else "loss": v for k, v in components.items()}
-    metrics["grad_norm"] = _global_norm(grads)
+    metrics["grad_norm"] = grad_norm
     if learning_rate_fn is not None:
-        metrics["learning_rate"] = learning_rate_fn(state.step)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+        # The optimiser's schedule advances only on applied updates.
+        metrics["learning_rate"] = learning_rate_fn(state.step - state.skipped_steps)
+    skipped = jnp.logical_not(apply).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=select_tree(apply, params, state.params),
+        batch_stats=select_tree(apply, batch_stats, state.batch_stats),
+        opt_state=select_tree(apply, opt_state, state.opt_state),
+        nonfinite_streak=jnp.where(apply, 0, state.nonfinite_streak + 1).astype(jnp.int32),
+        skipped_steps=state.skipped_steps + skipped)
+    metrics["nonfinite"] = skipped
+    metrics["skipped_steps"] = new_state.skipped_steps
     return new_state, metrics
+
+
+def skip_nonfinite_decision(loss: jax.Array, grad_norm: jax.Array, streak: jax.Array,
+                            max_nonfinite_steps: int) -> jax.Array:
+    """Whether to apply this step's update: the loss and the gradient norm (non-finite iff some
+    gradient is) are finite, and the run has not reached its limit of skipped steps in a row.
+    Decided on replicated values inside the step, so every process decides the same."""
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if max_nonfinite_steps:
+        finite = finite & (streak < max_nonfinite_steps)
+    return finite
+
+
+def select_tree(pred: jax.Array, on_true, on_false):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def jit_train_step(model, tx, config: StepConfig, mesh: Mesh, learning_rate_fn=None) -> Callable:
