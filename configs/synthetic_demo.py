@@ -27,6 +27,7 @@ def get_config(arg=None):
     config.optim.learning_rate = 0.05
     config.validation.every_steps = 60
     config.validation.scales = (1.0,)
+    config.validation.pictures = 3  # the demo ends with attention pictures
     preset = arg or "default"
     if preset == "tiny":
         data.synthetic.update(num_train=32, num_eval=8, height=64, width=128)
@@ -39,6 +40,7 @@ def get_config(arg=None):
         config.train.checkpoint_every = 5
         config.validation.every_steps = -1
         config.validation.scales = (1.0,)
+        config.validation.pictures = 0
     elif preset != "default":
         raise ValueError(f"configs/synthetic_demo.py: unknown preset {preset!r}; expected default or tiny")
     return config

@@ -136,6 +136,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  skipped steps    {summary['skipped_steps']} (non-finite loss or gradient)")
     lines.append(f"  checkpoint       {summary['checkpoint']}")
     lines.append(f"  workdir          {summary['workdir']}")
+    if summary.get("pictures"):
+        lines.append(f"  pictures         {summary['pictures']}")
     return "\n".join(lines)
 
 

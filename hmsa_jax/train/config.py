@@ -49,6 +49,9 @@ def default_config() -> ConfigDict:
         every_steps=0,  # 0: only at the end; <0: never
         scales=(1.0,), fusion="hierarchical",  # hierarchical | avg | max
         max_batches=0,  # 0: the whole eval split
+        # At the end of a run, pictures of this many validation images (predictions and
+        # per-scale attention, the paper's Figure 3) in <workdir>/pictures/index.html.
+        pictures=0, picture_scales=(0.5, 1.0, 2.0),
     ))
     config.distributed = ConfigDict(dict(
         # auto: join a multi-process job when the environment describes one (an explicit
@@ -137,8 +140,9 @@ def validate_config(config: ConfigDict) -> None:
         from hmsa_jax.multiscale import validate_scales
 
         validate_scales(config.validation.scales)
+        validate_scales(config.validation.picture_scales)
     except ValueError as error:
-        raise ConfigError(f"config.validation.scales: {error}") from None
+        raise ConfigError(f"config.validation.scales / picture_scales: {error}") from None
     attention = _model_attention(config.model.name)
     if config.train.scale_mode == "average" and attention != "none":
         raise ConfigError(f"config.train.scale_mode='average' needs a single-scale model "

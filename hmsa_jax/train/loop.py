@@ -419,7 +419,27 @@ def train(config, workdir: str, *, stop_after: int | None = None,
         summary["val_miou"] = last_scores["miou"]
         if is_main:
             log(format_scores(last_scores, classes.names))
+    if is_main and eval_ds is not None and config.validation.pictures > 0:
+        summary["pictures"] = write_validation_pictures(config, model, state, eval_ds, classes, workdir)
     return summary
+
+
+def write_validation_pictures(config, model, state, eval_ds, classes, workdir: str) -> str:
+    """Predictions and per-scale attention of the first validation images; the index page path."""
+    from hmsa_jax.predict import write_pictures
+
+    batch = next(iter(eval_ds))
+    count = min(config.validation.pictures, int(np.sum(batch["valid"])))
+    return write_pictures(
+        model, jax.device_get(state.variables), batch["image"][:count], classes,
+        os.path.join(workdir, "pictures"), scales=tuple(config.validation.picture_scales),
+        fusion="hierarchical" if _has_attention(model) else "avg",
+        normalized=config.data.augment.normalize,
+        names=[f"val_{int(i)}" for i in batch["index"][:count]])
+
+
+def _has_attention(model) -> bool:
+    return getattr(model, "attention", "none") == "hierarchical"
 
 
 __all__ = ["NonFiniteError", "Preempted", "StopSignals", "agreed_stop", "build_model",
