@@ -66,6 +66,7 @@ def test_unknown_preset_fails_naming_the_file():
     ("train.criterion", "focal", r"train.criterion='focal'"),
     ("train.remat", "some", r"train.remat='some'"),
     ("validation.scales", (0.5, 2.0), r"validation.scales: .*must contain 1.0"),
+    ("validation.picture_scales", (0.0, 1.0), r"validation.picture_scales: .*must be positive"),
     ("train.scale_mode", "average", r"scale_mode='average' needs a single-scale model"),
 ])
 def test_validate_config_names_the_bad_value(key, value, message):

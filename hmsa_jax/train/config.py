@@ -139,10 +139,10 @@ def validate_config(config: ConfigDict) -> None:
     try:
         from hmsa_jax.multiscale import validate_scales
 
-        validate_scales(config.validation.scales)
-        validate_scales(config.validation.picture_scales)
+        for field in ("scales", "picture_scales"):
+            validate_scales(config.validation[field])
     except ValueError as error:
-        raise ConfigError(f"config.validation.scales / picture_scales: {error}") from None
+        raise ConfigError(f"config.validation.{field}: {error}") from None
     attention = _model_attention(config.model.name)
     if config.train.scale_mode == "average" and attention != "none":
         raise ConfigError(f"config.train.scale_mode='average' needs a single-scale model "
