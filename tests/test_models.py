@@ -154,6 +154,9 @@ def test_predict_fn_compiles_once_per_scale_set_and_shape(tiny_ocr, caplog):
     np.testing.assert_array_equal(np.asarray(a["logits"]), np.asarray(b["logits"]))
     with pytest.raises(ValueError, match="must contain 1.0"):
         predict(variables, IMAGES, scales=(0.5, 2.0))
+    logits_only = hmsa_jax.make_predict_fn(model, outputs=("logits",))(variables, IMAGES, scales=(0.5, 1.0))
+    assert set(logits_only) == {"logits"}
+    np.testing.assert_array_equal(np.asarray(logits_only["logits"]), np.asarray(a["logits"]))
 
 
 def test_single_scale_model_refuses_hierarchical_fusion():

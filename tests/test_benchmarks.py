@@ -1,0 +1,82 @@
+"""Smoke tests of benchmarks/: each script's smallest configuration runs and writes the keys the
+plot and WORKSPACE_NOTES rely on. Not timed assertions."""
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import common  # noqa: E402
+
+
+def test_helpers():
+    assert common.parse_size("64x128") == (64, 128)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        common.parse_size("64")
+    timing = common.time_call(lambda: 1, warmup=0, repeats=3)
+    assert timing["median_s"] >= 0 and timing["repeats"] == 3
+    info = common.machine_info()
+    assert {"jax", "backend", "device_kind", "cpu", "date"} <= set(info)
+    assert common.device_peak_flops("float32") is None  # CPUs are not in the table
+
+
+def test_strip_option():
+    import train_throughput
+
+    argv = ["--size", "32x64", "--variants", "float32:none", "bfloat16:trunk", "--isolate", "--batch", "2"]
+    assert train_throughput.strip_option(argv, ("--variants", "--isolate")) == ["--size", "32x64", "--batch", "2"]
+
+
+def test_scale_schemes_lowered(tmp_path):
+    import scale_schemes
+
+    report = scale_schemes.main(["--family", "resnet_tiny", "--sizes", "32x64", "--analysis", "lowered",
+                                 "--out-dir", str(tmp_path), "--name", "s"])
+    rows = {r["scheme"]: r for r in report["rows"]}
+    assert set(rows) == {"single", "hierarchical", "explicit"}
+    assert all(r["flops"] > 0 for r in rows.values())
+    assert rows["single"]["flops_ratio"] == 1.0
+    assert 1.0 < rows["hierarchical"]["flops_ratio"] < rows["explicit"]["flops_ratio"]
+    with open(tmp_path / "s.json") as f:
+        assert json.load(f)["machine"]["backend"] == "cpu"
+
+
+def test_resize_comparison_and_census():
+    import speed_checks
+
+    rows = speed_checks.compare_resizes((32, 64), classes=3)
+    assert [r["resize"] for r in rows] == ["ops.resize_bilinear", "jax.image.resize"]
+    assert all(r["flops"] > 0 and r["instructions"] > 0 for r in rows)
+    assert rows[0]["max_abs_diff"] < 1e-5
+
+
+def test_plot(tmp_path):
+    import plot
+
+    schemes = {"family": "hrnet_tiny", "analysis": "compiled",
+               "rows": [{"scheme": s, "size": "32x64", "flops_ratio": r, "temp_mib": m,
+                         "temp_ratio": m / 3.0}
+                        for s, r, m in (("single", 1.0, 3.0), ("hierarchical", 1.3, 5.0), ("explicit", 5.4, 11.0))]}
+    machine = {"device_kind": "cpu"}
+    train = {"machine": machine, "rows": [{"model": "m", "size": "32x64", "dtype": "float32", "remat": "none",
+                                           "images_per_s": 2.0, "temp_mib": 4.0}]}
+    infer = {"machine": machine, "rows": [{"model": "m", "size": "32x64", "scales": "1.0", "flip": f,
+                                           "images_per_s": 3.0} for f in (False, True)]}
+    for name, report in (("scale_schemes", schemes), ("train_throughput", train), ("inference", infer)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    out = plot.main(["--results", str(tmp_path)])
+    assert os.path.getsize(out) > 1000
+
+
+@pytest.mark.slow
+def test_inference_smallest(tmp_path):
+    import inference
+
+    report = inference.main(["--size", "32x64", "--scale-sets", "1.0", "--repeats", "1",
+                             "--outputs", "logits", "--out-dir", str(tmp_path)])
+    rows = report["rows"]
+    assert [r["flip"] for r in rows] == [False, True]
+    assert all(r["latency_s"] > 0 and r["images_per_s"] > 0 for r in rows)
