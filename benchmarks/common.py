@@ -204,6 +204,18 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
 
 
+FULL_MODEL, CPU_MODEL = "hrnet48_ocr_mscale", "hrnet_tiny_ocr_mscale"
+
+
+def default_model(args) -> str:
+    """--model, else the paper's model with --full and the tiny width on CPU."""
+    return args.model or (FULL_MODEL if args.full else CPU_MODEL)
+
+
+def default_dtype(args) -> str:
+    return args.dtype or ("bfloat16" if args.full else "float32")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'256x512' -> (256, 512)."""
     try:

@@ -119,10 +119,10 @@ def main(argv=None) -> dict:
 
     flags.FLAGS.mark_as_parsed()
     full = args.full
-    row = run(args.model or ("hrnet48_ocr_mscale" if full else "hrnet_tiny_ocr_mscale"),
+    row = run(common.default_model(args),
               common.parse_size(args.image_size or ("1024x2048" if full else "128x256")),
               common.parse_size(args.crop or ("1024x2048" if full else "64x128")),
-              args.batch, args.dtype or ("bfloat16" if full else "float32"),
+              args.batch, common.default_dtype(args),
               args.workers if args.workers is not None else (8 if full else 0),
               args.steps or (20 if full else 6), args.data_dir, args.images)
     common.print_table([row], ["model", "batch", "workers", "data_images_per_s", "step_images_per_s",

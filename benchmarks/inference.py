@@ -158,9 +158,8 @@ def main(argv=None) -> dict:
     common.add_jax_arguments(parser)
     args = parser.parse_args(argv)
     common.setup_from_args(args)
-    model = args.model or ("hrnet48_ocr_mscale" if args.full else "hrnet_tiny_ocr_mscale")
+    model, dtype = common.default_model(args), common.default_dtype(args)
     size = args.size or ("1024x2048" if args.full else "256x512")
-    dtype = args.dtype or ("bfloat16" if args.full else "float32")
     if args.lowered_flops:
         rows = lowered_flops(model, size, dtype, args.batch, args.scale_sets, args.outputs)
         common.print_table(rows, ["scales", "flip", "flops", "flops_ratio", "lower_s"])

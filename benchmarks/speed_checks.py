@@ -174,9 +174,8 @@ def main(argv=None) -> dict:
     common.setup_from_args(args)
     import jax
 
-    model = args.model or ("hrnet48_ocr_mscale" if args.full else "hrnet_tiny_ocr_mscale")
+    model, dtype = common.default_model(args), common.default_dtype(args)
     size = args.size or ("1024x2048" if args.full else "256x512")
-    dtype = args.dtype or ("bfloat16" if args.full else "float32")
     on_cpu = jax.default_backend() == "cpu"
     report = {"benchmark": "speed_checks", "machine": common.machine_info(), "model": model, "size": size}
     if not args.skip_compile_counts:

@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
             dtype, remat = variant.split(":")
             height, width = common.parse_size(args.size or ("1024x2048" if args.full else "64x128"))
             spec = steps.StepSpec(
-                args.model or ("hrnet48_ocr_mscale" if args.full else "hrnet_tiny_ocr_mscale"),
+                common.default_model(args),
                 height, width, batch=args.batch, dtype=dtype, remat=remat,
                 criterion=args.criterion or ("rmi" if args.full else "ce"),
                 image_dtype=args.image_dtype)
