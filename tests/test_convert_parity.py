@@ -197,7 +197,7 @@ def test_hierarchical_fuse_matches_torch(scales):
 
 # ----------------------------------------------------------------------------- whole models
 
-def converted(reference, model_name: str, num_classes: int):
+def converted_model(reference, model_name: str, num_classes: int):
     """Our model and the reference's weights, converted strictly (every tensor placed)."""
     model = create_model(model_name, num_classes=num_classes)
     variables, _ = convert_state_dict({n: t.numpy() for n, t in reference.state_dict().items()}, model,
@@ -209,7 +209,7 @@ def converted(reference, model_name: str, num_classes: int):
 def test_tiny_hrnet_ocr_mscale_matches_the_torch_reference_at_three_scales():
     k = 5
     reference = R.randomize_(R.tiny_hrnet_ocr_mscale(k), seed=10)
-    model, variables = converted(reference, "hrnet_tiny_ocr_mscale", k)
+    model, variables = converted_model(reference, "hrnet_tiny_ocr_mscale", k)
     images = normal(1, 29, 42, 3)   # odd sizes: every resize and stride-2 conv sees an odd edge
     ours = jax.jit(lambda v, x: model.apply(v, x, scales=(0.5, 1.0, 2.0)))(variables, images)
     with torch.no_grad():
@@ -231,7 +231,7 @@ def test_tiny_hrnet_ocr_mscale_matches_the_torch_reference_at_three_scales():
 def test_tiny_deeplab_mscale_two_scale_forward_matches_the_torch_reference():
     k = 4
     reference = R.randomize_(R.tiny_deeplab_mscale(k), seed=11)
-    model, variables = converted(reference, "resnet_tiny_deeplabv3plus_mscale", k)
+    model, variables = converted_model(reference, "resnet_tiny_deeplabv3plus_mscale", k)
     images = normal(1, 33, 41, 3)
     ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     with torch.no_grad():
