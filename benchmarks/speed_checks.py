@@ -109,7 +109,6 @@ def compare_fuse_outputs(out_size: tuple[int, int], scales=(0.5, 1.0, 2.0), clas
                          run: bool = True) -> list[dict]:
     """Hierarchical fuse of per-scale outputs (at each scale's input size, as the model
     returns them), with aux logits fused too (what the model does) and logits only."""
-    import jax
     import jax.numpy as jnp
 
     from hmsa_jax import multiscale, ops

@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
         return 0
     config, values = load_config(argv, _define_flags)
     if "data" not in config:
-        print(f"hmsa data-check: the config has no 'data' section", file=sys.stderr)
+        print("hmsa data-check: the config has no 'data' section", file=sys.stderr)
         return 2
     reports = run_checks(config.data, tuple(values.splits), max_records=values.max_records,
                          num_threads=values.threads)
