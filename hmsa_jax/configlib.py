@@ -7,6 +7,8 @@ with a value of its type. Errors (unknown preset, unknown key, wrong type) surfa
 """
 from __future__ import annotations
 
+import os
+import traceback
 from typing import Callable
 
 from ml_collections import ConfigDict
@@ -32,14 +34,61 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
                                     flag_values=values, lock_config=True, sys_argv=argv)
     if extra_flags is not None:
         extra_flags(values)
+    _check_config_file(argv)
     _check_override_keys(argv)
     try:
         values(argv)
+        config = values.config
+        if config is not None:
+            "model" in config  # noqa: B015  (config_flags defers a load failure to first use)
     except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as error:
+        raised_by_file = _raised_in_config_file(error, argv)
+        if raised_by_file is not None:  # e.g. get_config rejecting a preset
+            raise ConfigError(_explain_file_error(raised_by_file, argv)) from error
         raise ConfigError(_explain(error, argv)) from error
-    if values.config is None:
+    except Exception as error:  # raised by the config file itself (syntax error, get_config)
+        raise ConfigError(_explain_file_error(error, argv)) from error
+    if config is None:
         raise ConfigError("missing --config=configs/<file>.py[:preset]")
-    return values.config, values
+    return config, values
+
+
+def _config_path(argv: list[str]) -> str | None:
+    config_args = [a for a in argv if a.startswith("--config=")]
+    return config_args[-1].split("=", 1)[1].split(":")[0] if config_args else None
+
+
+def _check_config_file(argv: list[str]) -> None:
+    path = _config_path(argv)
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file (expected a Python file defining "
+                          f"get_config, e.g. configs/synthetic_demo.py)")
+
+
+def _raised_in_config_file(error: Exception, argv: list[str]) -> Exception | None:
+    """The exception the config file itself raised, if `error` (config_flags wraps it) has one."""
+    path = _config_path(argv)
+    while error is not None and path is not None:
+        frames = traceback.extract_tb(error.__traceback__)
+        if any(os.path.basename(f.filename) == os.path.basename(path) for f in frames):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _explain_file_error(error: Exception, argv: list[str]) -> str:
+    """`file: line N: Error: message`, the line being the deepest frame inside the config file."""
+    path = _config_path(argv) or "<config>"
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if os.path.basename(frame.filename) == os.path.basename(path):
+            line = frame.lineno
+    where = f"{path}: line {line}" if line else path
+    message = error.msg if isinstance(error, SyntaxError) else str(error)
+    head, separator, rest = message.partition(": ")
+    if separator and head.endswith(os.path.basename(path)):  # the file already named itself
+        message = rest
+    return f"{where}: {type(error).__name__}: {message}"
 
 
 def _check_override_keys(argv: list[str]) -> None:

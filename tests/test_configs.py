@@ -56,8 +56,22 @@ def test_unknown_keys_and_wrong_types_fail(override, message):
 
 
 def test_unknown_preset_fails_naming_the_file():
-    with pytest.raises(ConfigError, match=r"synthetic_demo.py: unknown preset 'nope'"):
+    with pytest.raises(ConfigError, match=r"synthetic_demo.py: line \d+: ValueError: unknown preset 'nope'"):
         load_config([f"--config={CONFIGS / 'synthetic_demo.py'}:nope"])
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"missing.py: no such config file"),
+    ("def get_config(:\n", r"broken.py: line 1: SyntaxError"),
+    ("import math\n\ndef get_config(arg=None):\n    return math.nope\n",
+     r"broken.py: line 4: AttributeError: .*nope"),
+])
+def test_a_config_file_that_cannot_load_fails_naming_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / ("missing.py" if text is None else "broken.py")
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config([f"--config={path}"])
 
 
 @pytest.mark.parametrize("key, value, message", [

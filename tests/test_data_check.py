@@ -109,3 +109,9 @@ def test_config_files_and_presets_load():
             assert config.data.augment.crop_size == (32, 64)
     config, _ = load_config([f"--config={CONFIGS / 'cityscapes.py'}"])
     assert config.data.augment.crop_size == (1024, 2048) and config.data.class_uniform.fraction == 0.5
+
+
+def test_a_bad_config_override_is_reported_not_raised(capsys):
+    code = cli.main(["data-check", f"--config={CONFIGS / 'cityscapes.py'}", "--config.data.rot=/x"])
+    assert code == 2
+    assert "--config.data.rot: unknown key 'rot' in data" in capsys.readouterr().err

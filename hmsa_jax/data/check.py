@@ -107,7 +107,13 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    config, values = load_config(argv, _define_flags)
+    from hmsa_jax.configlib import ConfigError
+
+    try:
+        config, values = load_config(argv, _define_flags)
+    except ConfigError as error:
+        print(f"hmsa data-check: {error}", file=sys.stderr)
+        return 2
     if "data" not in config:
         print("hmsa data-check: the config has no 'data' section", file=sys.stderr)
         return 2
