@@ -115,3 +115,15 @@ def test_a_bad_config_override_is_reported_not_raised(capsys):
     code = cli.main(["data-check", f"--config={CONFIGS / 'cityscapes.py'}", "--config.data.rot=/x"])
     assert code == 2
     assert "--config.data.rot: unknown key 'rot' in data" in capsys.readouterr().err
+
+
+def test_training_on_bad_labels_stops_with_the_file_named(capsys, cityscapes, tmp_path):
+    bad = _first(cityscapes / "gtFine" / "train", "*_labelIds.png")
+    Image.fromarray(np.full((32, 64), 40, np.uint8)).save(bad)
+    code = cli.main(["train", f"--config={CONFIGS / 'cityscapes.py'}", f"--workdir={tmp_path / 'run'}",
+                     f"--config.data.root={cityscapes}", "--config.model.name=hrnet_tiny_ocr_mscale",
+                     "--config.data.augment.crop_size=(32, 64)", "--config.data.loader.batch_size=2",
+                     "--config.data.class_uniform.fraction=0.0", "--config.train.num_devices=1",
+                     "--config.train.steps=2", "--config.validation.every_steps=-1"])
+    assert code == 2
+    assert f"{bad.name}: label values {{40}}" in capsys.readouterr().err

@@ -45,6 +45,12 @@ def _write_report(path: pathlib.Path, report) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hmsa_jax.models.registry import list_models
+
+    if args.arch not in list_models():
+        print(f"hmsa convert: --arch: unknown model {args.arch!r}; expected one of "
+              f"{', '.join(list_models())} (checked before reading the file)", file=sys.stderr)
+        return 2
     try:
         from hmsa_jax.convert.torch_reader import read_state_dict
         state = read_state_dict(args.input)

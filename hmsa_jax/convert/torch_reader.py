@@ -71,7 +71,8 @@ def load_weights_only(path: str | pathlib.Path) -> Any:
         except Exception:  # noqa: BLE001 - not a pickle torch can even scan: not a checkpoint
             needed = []
         if not needed:
-            raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+            raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint "
+                                      f"({_unpickler_reason(e)})") from e
         raise CheckpointReadError(
             f"{path}: refused. Checkpoints are read with PyTorch's weights-only loading, which never "
             f"runs code stored in the file, and this file needs more than tensors and plain values: "
@@ -80,6 +81,16 @@ def load_weights_only(path: str | pathlib.Path) -> Any:
             f"torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'weights.pth')") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's weights-only message that says what broke (the rest is advice that
+    applies to real checkpoints, e.g. 'Unsupported operand 35' for a file that is no pickle)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("error:") and i + 1 < len(lines):
+            return f"{line} {lines[i + 1]}".split("use case: ")[-1]
+    return lines[0] if lines else type(error).__name__
 
 
 def select_state_dict(obj: Any, path: str | pathlib.Path) -> tuple[Mapping[str, Any], str]:

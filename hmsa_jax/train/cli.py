@@ -106,10 +106,12 @@ def main(argv: list[str]) -> int:
 
         print(f"hmsa train: process {jax.process_index()} of {jax.process_count()}, "
               f"{jax.local_device_count()} local / {jax.device_count()} devices", flush=True)
+    from hmsa_jax.data.errors import DataError
+
     try:
         summary = train(config, values.workdir, stop_after=values.stop_after)
-    except ConfigError as error:
-        print(f"hmsa train: {error}", file=sys.stderr)
+    except (ConfigError, DataError) as error:  # data errors name the file or value; the last
+        print(f"hmsa train: {error}", file=sys.stderr)  # checkpoint, if any, is untouched
         return 2
     except Preempted as stop:
         print(format_summary(stop.summary))
