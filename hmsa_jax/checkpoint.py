@@ -13,7 +13,9 @@ state, no data iterator) from a workdir, a checkpoints folder or one step's fold
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 
 import jax
@@ -119,14 +121,39 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
     return state, restored.get(DATA_ITER) if data_iterator is not None else None, restored[META]
 
 
+class _StepMetadataNotice(logging.Filter):
+    """Drops Orbax's "Metadata file does not exist" warning when a single item of a step is
+    opened: the step's _CHECKPOINT_METADATA lives one folder up, as CheckpointManager writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_item_metadata():
+    notice, logger = _StepMetadataNotice(), logging.getLogger("absl")
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
+def stored_tree_metadata(item_dir: str):
+    """The saved PyTree's structure with per-leaf metadata (shape, dtype) of one item folder,
+    e.g. `<step>/state`, read without loading any array."""
+    with _quiet_item_metadata():
+        stored = ocp.PyTreeCheckpointer().metadata(item_dir)
+    stored = getattr(stored, "item_metadata", stored)
+    return getattr(stored, "tree", stored)
+
+
 def _stored_state_keys(step_dir: str) -> set[str] | None:
     """Top-level keys of a step's saved state (None if its metadata cannot be read)."""
     try:
-        stored = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, STATE))
+        stored = stored_tree_metadata(os.path.join(step_dir, STATE))
     except Exception:  # noqa: BLE001 - then restore everything and let Orbax report
         return None
-    stored = getattr(stored, "item_metadata", stored)
-    stored = getattr(stored, "tree", stored)
     return set(stored) if isinstance(stored, dict) else None
 
 
@@ -189,21 +216,20 @@ def restore_variables(path: str, step: int | None = None, which: str = "latest",
     """
     step_dir = resolve_step_dir(path, step, which)
     checkpointer = ocp.PyTreeCheckpointer()
-    stored = checkpointer.metadata(os.path.join(step_dir, STATE))
-    stored = getattr(stored, "item_metadata", stored)
-    stored = getattr(stored, "tree", stored)
+    stored = stored_tree_metadata(os.path.join(step_dir, STATE))
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {key: jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), stored[key])
         for key in ("params", "batch_stats")}
-    restored = checkpointer.restore(
-        os.path.join(step_dir, STATE),
-        args=ocp.args.PyTreeRestore(item=target,
-                                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                    partial_restore=True))
+    with _quiet_item_metadata():
+        restored = checkpointer.restore(
+            os.path.join(step_dir, STATE),
+            args=ocp.args.PyTreeRestore(item=target,
+                                        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                        partial_restore=True))
     return {"params": restored["params"], "batch_stats": restored["batch_stats"]}, read_meta(step_dir)
 
 
 __all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CheckpointError", "TODELETE_SUBDIR",
            "make_manager", "purge_retired", "read_meta", "resolve_step_dir", "restore",
-           "restore_variables", "save", "state_tree"]
+           "restore_variables", "save", "state_tree", "stored_tree_metadata"]

@@ -143,11 +143,7 @@ def abstract_variables(model, sharding=None) -> dict:
 
 
 def _stored_shapes(item_dir: str) -> dict:
-    import orbax.checkpoint as ocp
-
-    stored = ocp.PyTreeCheckpointer().metadata(item_dir)
-    stored = getattr(stored, "item_metadata", stored)
-    stored = getattr(stored, "tree", stored)
+    stored = checkpoint_lib.stored_tree_metadata(item_dir)
     return {key: stored.get(key, {}) for key in ("params", "batch_stats")}
 
 
