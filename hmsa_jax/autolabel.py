@@ -113,10 +113,44 @@ def make_teacher_fn(model, options):
     return jax.jit(teacher)
 
 
+def _done_before(stats_path: str, settings: dict, overwrite: bool) -> dict | None:
+    """The stats of an image labelled by an earlier run with the same settings (None: label it).
+
+    An image's JSON is written after its PNG, so a JSON that parses means a complete label."""
+    try:
+        with open(stats_path) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if overwrite:
+        return None
+    changed = sorted(k for k in settings if stats.get(k) != settings[k])
+    if changed:
+        raise InferenceError(
+            f"{stats_path}: labelled by an earlier run with other settings ({', '.join(changed)}: "
+            f"{stats.get(changed[0])!r}, now {settings[changed[0]]!r}); pass --overwrite to "
+            f"relabel everything, or choose another --out")
+    return stats
+
+
+def _refuse_overwriting_inputs(images: Sequence[tuple[str, str]], out_dir: str) -> None:
+    inputs = {os.path.realpath(path) for path, _ in images}
+    for _, name in images:
+        for suffix in (".png", ".json"):
+            target = os.path.realpath(os.path.join(out_dir, name + suffix))
+            if target in inputs:
+                raise InferenceError(f"--out={out_dir}: writing {target} would overwrite an input "
+                                     f"image; choose an --out outside the images folder")
+
+
 def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, options, *,
                      threshold: float = 0.9, border: BorderMask | None = None,
-                     log=print) -> dict:
-    """Label `images` [(path, name relative to the images root)]; returns the summary."""
+                     overwrite: bool = False, log=print) -> dict:
+    """Label `images` [(path, name relative to the images root)]; returns the summary.
+
+    Images an earlier run into `out_dir` labelled with the same settings are kept and counted,
+    so an interrupted run continues where it stopped; other settings are refused unless
+    `overwrite`."""
     from hmsa_jax.data.imageio import read_rgb, write_png
     from hmsa_jax.predict import normalize_input
 
@@ -128,10 +162,20 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
                 "scales": list(options.scales), "fusion": options.fusion, "flip": options.flip,
                 "window": None if options.window is None else list(options.window),
                 "border": None if border is None else border.describe()}
+    _refuse_overwriting_inputs(images, out_dir)
     mine = images[jax.process_index()::jax.process_count()]
-    labelled_pixels = total_pixels = 0
+    labelled_pixels = total_pixels = kept = 0
     class_pixels = np.zeros(loaded.num_classes, np.int64)
     for number, (path, name) in enumerate(mine, 1):
+        earlier = _done_before(os.path.join(out_dir, name + ".json"), settings, overwrite)
+        if earlier is not None and os.path.isfile(os.path.join(out_dir, name + ".png")):
+            size = int(np.prod(earlier["size"]))
+            class_pixels += np.array([round(earlier["per_class"].get(c, 0.0) * size)
+                                      for c in loaded.classes.names], np.int64)
+            labelled_pixels += round(earlier["labelled"] * size)
+            total_pixels += size
+            kept += 1
+            continue
         image = read_rgb(path)
         confidence, argmax = (np.asarray(a)[0] for a in teacher(variables, normalize_input(image)))
         keep = None if border is None else border.keep(*image.shape[:2])
@@ -146,7 +190,9 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
         labelled_pixels += int(labels.size - counts[IGNORE_LABEL])
         total_pixels += labels.size
         log(f"[{number}/{len(mine)}] {path}: {100 * stats['labelled']:.1f}% labelled")
-    summary = {**settings, "images": len(mine), "pixels": int(total_pixels),
+    if kept:
+        log(f"{kept} of {len(mine)} images were labelled by an earlier run with these settings: kept")
+    summary = {**settings, "images": len(mine), "kept_from_earlier_run": kept, "pixels": int(total_pixels),
                "labelled": labelled_pixels / total_pixels if total_pixels else 0.0,
                "per_class": {name: int(c) for name, c in zip(loaded.classes.names, class_pixels)}}
     if jax.process_count() > 1:
@@ -168,6 +214,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output folder of label PNGs and JSON")
     parser.add_argument("--threshold", type=float, default=0.9,
                         help="keep pixels whose softmax probability exceeds this (paper 0.9)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="relabel images an earlier run into --out labelled with other settings "
+                             "(by default they are refused; same settings are kept, so a re-run resumes)")
     parser.add_argument("--border", default="none",
                         help="none | cityscapes (rows [15,840), cols [14,2030) of 1024x2048) | "
                              "R0,R1,C0,C1@H,W: the region kept, scaled to each image")
@@ -191,7 +240,7 @@ def _autolabel_command(args) -> int:
     cli.configure_runtime_for_checkpoint(args.checkpoint)
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     summary = autolabel_images(loaded, images, args.out, options, threshold=args.threshold,
-                               border=border)
+                               border=border, overwrite=args.overwrite)
     print(f"{summary['images']} images, {100 * summary['labelled']:.1f}% of pixels labelled -> {args.out}")
     print(f"train with: --config.data.autolabel.labels_dir={os.path.abspath(args.out)} "
           f"--config.data.autolabel.images_root={os.path.abspath(args.images)}")

@@ -1,6 +1,7 @@
 """`hmsa autolabel`: hard thresholds, the border mask, per-image coverage JSON, and output that
 the training's auto-label source reads as it is."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -112,3 +113,34 @@ def test_bad_options_fail_with_one_line(labelled, tmp_path, capsys, args, messag
     assert cli.main(["autolabel", f"--checkpoint={workdir}", f"--images={tmp_path / 'none'}",
                      f"--out={tmp_path / 'o'}"]) == 2
     assert "not a folder of images" in capsys.readouterr().err
+
+
+def test_a_rerun_keeps_finished_labels_and_refuses_other_settings(labelled, tmp_path, capsys):
+    workdir, images_root, out, paths, _ = labelled
+    copy = tmp_path / "labels"
+    shutil.copytree(out, copy)
+    (copy / "cityB" / "frame2.json").unlink()  # as if killed after frame2's PNG, before its JSON
+    first = json.loads((out / autolabel.SUMMARY_NAME).read_text())
+    args = ["autolabel", f"--checkpoint={workdir}", f"--images={images_root}", f"--out={copy}",
+            "--threshold=0.5", "--border=2,30,1,60@32,64", "--scales=0.5,1.0,2.0", "--flip"]
+    assert cli.main(args) == 0
+    again = json.loads((copy / autolabel.SUMMARY_NAME).read_text())
+    assert again["kept_from_earlier_run"] == 2 and again["images"] == 3
+    assert again["pixels"] == first["pixels"] and again["per_class"] == first["per_class"]
+    assert (copy / "cityB" / "frame2.json").is_file()
+
+    capsys.readouterr()
+    assert cli.main(args[:4] + ["--threshold=0.7"] + args[5:]) == 2
+    assert "labelled by an earlier run with other settings (threshold: 0.5, now 0.7)" in capsys.readouterr().err
+    assert cli.main(args[:4] + ["--threshold=0.7", "--overwrite"] + args[5:]) == 0
+    assert json.loads((copy / autolabel.SUMMARY_NAME).read_text())["threshold"] == 0.7
+
+
+def test_labels_never_overwrite_the_input_images(labelled, tmp_path, capsys):
+    workdir, images_root, _, paths, _ = labelled
+    images = tmp_path / "images"
+    shutil.copytree(images_root, images)
+    before = {p: p.read_bytes() for p in images.rglob("*.png")}
+    assert cli.main(["autolabel", f"--checkpoint={workdir}", f"--images={images}", f"--out={images}"]) == 2
+    assert "would overwrite an input image" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in images.rglob("*.png")} == before
