@@ -87,7 +87,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from hmsa_jax.data.errors import DataError
     from hmsa_jax.predict import InferenceError
 
-    return (CheckpointError, ConfigError, DataError, InferenceError, FileNotFoundError)
+    # The OSErrors a wrong path gives (an --out that is a file, a read-only folder): their
+    # message names the path.
+    return (CheckpointError, ConfigError, DataError, InferenceError, FileNotFoundError,
+            FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def run_guarded(prog: str, command: Callable[[], int]) -> int:

@@ -1,4 +1,5 @@
 """The `hmsa` entry point: dispatch, help, and clear errors."""
+import pathlib
 import subprocess
 import sys
 
@@ -26,3 +27,13 @@ def test_models_command_lists_registry(capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "hmsa_jax.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: hmsa" in result.stdout
+
+
+def test_a_workdir_that_is_a_file_is_refused_before_any_compute(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file")
+    configs = pathlib.Path(__file__).resolve().parent.parent / "configs"
+    for workdir, message in ((taken, "exists and is not a folder"), (taken / "run", "cannot create it")):
+        assert cli.main(["train", f"--config={configs / 'synthetic_demo.py'}:tiny", f"--workdir={workdir}"]) == 2
+        assert f"--workdir={workdir}: {message}" in capsys.readouterr().err
+    assert taken.read_text() == "someone's file"

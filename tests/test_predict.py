@@ -129,6 +129,16 @@ def test_predict_command_reports_unreadable_images(workdir, tmp_path, capsys):
     assert "no such image file or folder" in capsys.readouterr().err
 
 
+def test_predict_command_reports_an_out_that_is_a_file(workdir, images, tmp_path, capsys):
+    image, taken = tmp_path / "street.png", tmp_path / "taken"
+    Image.fromarray(images[0]).save(image)
+    taken.write_text("someone's file")
+    assert cli.main(["predict", f"--checkpoint={workdir}", str(image), f"--out={taken}"]) == 2
+    err = capsys.readouterr().err
+    assert str(taken) in err and "Traceback" not in err
+    assert taken.read_text() == "someone's file"
+
+
 def test_write_pictures_for_the_training_demo(predictor, images, tmp_path):
     from hmsa_jax.data.transforms import normalize_image
 

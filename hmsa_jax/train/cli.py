@@ -77,6 +77,7 @@ def main(argv: list[str]) -> int:
         config, values = load_config(argv, _define_flags)
         if not values.workdir:
             raise ConfigError("missing --workdir=DIR (where checkpoints and logs go)")
+        _check_workdir(values.workdir)
         from hmsa_jax.train.config import validate_config
 
         validate_config(config)
@@ -124,6 +125,22 @@ def main(argv: list[str]) -> int:
         return 1
     print(format_summary(summary))
     return 0
+
+
+def _check_workdir(workdir: str) -> None:
+    """Fail before any compute if the workdir cannot hold checkpoints."""
+    import os
+
+    from hmsa_jax.configlib import ConfigError
+
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir}: exists and is not a folder")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--workdir={workdir}: cannot create it ({error.strerror})") from error
+    if not os.access(workdir, os.W_OK):
+        raise ConfigError(f"--workdir={workdir}: not writable")
 
 
 def format_summary(summary: dict) -> str:
