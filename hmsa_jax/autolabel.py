@@ -117,12 +117,12 @@ def _done_before(stats_path: str, settings: dict, overwrite: bool) -> dict | Non
     """The stats of an image labelled by an earlier run with the same settings (None: label it).
 
     An image's JSON is written after its PNG, so a JSON that parses means a complete label."""
+    if overwrite:
+        return None
     try:
         with open(stats_path) as f:
             stats = json.load(f)
     except (OSError, ValueError):
-        return None
-    if overwrite:
         return None
     changed = sorted(k for k in settings if stats.get(k) != settings[k])
     if changed:

@@ -102,13 +102,11 @@ def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_thre
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.data.config import load_config
+    from hmsa_jax.configlib import ConfigError, load_config
 
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    from hmsa_jax.configlib import ConfigError
-
     try:
         config, values = load_config(argv, _define_flags)
     except ConfigError as error:
