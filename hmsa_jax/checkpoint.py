@@ -10,15 +10,28 @@ Saves are asynchronous: call `wait_until_finished()` (or `close()`) before the p
 
 For inference: `restore_variables(path)` reads only params and batch_stats (no optimiser
 state, no data iterator) from a workdir, a checkpoints folder or one step's folder.
+
+Integrity: every step carries MANIFEST (relative path, size and sha256 of each of its files),
+written on process 0 after every process wrote its files and before Orbax renames the
+temporary folder to "<step>", so it commits with the step. Restores check it first. A damaged
+step (a file missing, truncated or altered, no state/, a restore that fails) is reported in one
+line and moved to `corrupt/<step>` (never deleted), and the next older step is used; a step the
+user named (`--step`, a step folder) is reported, not moved. Steps written before manifests
+existed are restored with a note (and refused if their variables are not finite).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
+import sys
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
@@ -32,10 +45,177 @@ TODELETE_SUBDIR = "todelete"
 # Counters added to TrainState after the first checkpoints were written; restored as 0 from
 # checkpoints without them.
 OPTIONAL_STATE_KEYS = ("nonfinite_streak", "skipped_steps")
+MANIFEST = "hmsa_manifest.json"
+MANIFEST_FORMAT = "hmsa_jax.manifest/1"
+CORRUPT_SUBDIR = "corrupt"
+# Orbax writes a step into "<step>.orbax-checkpoint-tmp[-<time>]" and renames it when complete.
+PENDING_STEP = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
+_BLOCK = 1 << 22
 
 
 class CheckpointError(ValueError):
     """A checkpoint path that holds no usable checkpoint."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A step whose files are not what was saved (or cannot be read back)."""
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- manifests
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _step_files(step_dir: str) -> list[str]:
+    """Relative paths of the files of a step's items (state/, meta/, ...). The step folder's own
+    files are Orbax's bookkeeping, which it rewrites as it commits (_CHECKPOINT_METADATA)."""
+    found = []
+    for root, _, names in os.walk(step_dir):
+        if os.path.samefile(root, step_dir):
+            continue
+        found += [os.path.relpath(os.path.join(root, name), step_dir) for name in names]
+    return sorted(found)
+
+
+def manifest_of(step_dir: str) -> dict:
+    files = {rel: {"size": os.path.getsize(os.path.join(step_dir, rel)),
+                   "sha256": file_sha256(os.path.join(step_dir, rel))}
+             for rel in _step_files(step_dir)}
+    return {"format": MANIFEST_FORMAT, "files": files}
+
+
+def write_manifest(step_dir: str) -> None:
+    """MANIFEST of `step_dir`'s files, written tmp + fsync + rename (never half a file)."""
+    tmp = os.path.join(step_dir, f"{MANIFEST}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(manifest_of(step_dir), f, indent=0, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def manifest_on_commit(directory: str) -> Callable[[], None]:
+    """An Orbax post_finalization_callback: it runs on the primary process once every process
+    has written its files, before the pending folder is renamed to "<step>"."""
+    def write_pending() -> None:
+        for name in os.listdir(directory):
+            if PENDING_STEP.fullmatch(name):
+                write_manifest(os.path.join(directory, name))
+    return write_pending
+
+
+def _manifest_problem(step_dir: str, manifest: dict) -> str | None:
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if found != MANIFEST_FORMAT or not isinstance(files, dict):
+        return f"{MANIFEST}: format {found!r}; expected {MANIFEST_FORMAT!r} with a file table"
+    problems = []
+    for rel, expected in sorted(files.items()):
+        path = os.path.join(step_dir, rel)
+        if not os.path.isfile(path):
+            problems.append(f"{rel} missing")
+        elif os.path.getsize(path) != expected["size"]:
+            problems.append(f"{rel} has {os.path.getsize(path)} bytes, expected {expected['size']} "
+                            f"(truncated or emptied)")
+        elif file_sha256(path) != expected["sha256"]:
+            problems.append(f"{rel} differs from its sha256 in {MANIFEST} (overwritten or corrupted)")
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more damaged files)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def inspect_step(step_dir: str) -> tuple[str | None, bool]:
+    """(what is wrong with a step folder or None, whether its files were verified against its
+    manifest). Without a manifest only the layout is checked."""
+    if not os.listdir(step_dir):
+        return "empty folder", False
+    if not os.path.isdir(os.path.join(step_dir, STATE)):
+        return f"no {STATE}/ folder", False
+    for rel in (os.path.join(STATE, "_METADATA"),):
+        if not os.path.isfile(os.path.join(step_dir, rel)):
+            return f"{rel} missing", False
+    if _meta_file(step_dir) is None:
+        return f"no {META}/ JSON", False
+    manifest_path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(manifest_path):
+        return None, False
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as error:
+        return f"{MANIFEST} unreadable ({error})", False
+    problem = _manifest_problem(step_dir, manifest)
+    return problem, problem is None
+
+
+def set_aside(step_dir: str, problem: str, log: Callable[[str], None] = _warn) -> str:
+    """Move a damaged step to `<checkpoints>/corrupt/<step>` (process 0; never deleted), in one
+    line that says why. Returns the new path."""
+    parent, name = os.path.split(step_dir.rstrip(os.sep))
+    corrupt = os.path.join(parent, CORRUPT_SUBDIR)
+    target, n = os.path.join(corrupt, name), 1
+    while os.path.exists(target):
+        target, n = os.path.join(corrupt, f"{name}.{n}"), n + 1
+    if jax.process_index() == 0:
+        os.makedirs(corrupt, exist_ok=True)
+        os.replace(step_dir, target)
+        log(f"hmsa: checkpoint {step_dir}: {problem}; set aside as {target} (not deleted), "
+            f"trying the next older checkpoint")
+    return target
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    text = text[0].split(". See full TensorStore details")[0] if text else ""  # Orbax's suffix
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def attempt(step_dir: str, load: Callable[[str], Any], *, named: bool = False,
+            log: Callable[[str], None] = _warn) -> tuple[bool, Any]:
+    """(True, load(step_dir)) if the step is sound; a damaged one is set aside and (False, None)
+    returned, or, if the user `named` it, raised as DamagedCheckpointError. A step whose files
+    match their manifest but does not restore is not the files' fault: that is raised."""
+    problem, verified = inspect_step(step_dir)
+    if problem is None:
+        if not verified and jax.process_index() == 0:
+            log(f"hmsa: note: checkpoint {step_dir} has no {MANIFEST} (written before checkpoints "
+                f"carried one): its files cannot be verified")
+        try:
+            return True, load(step_dir)
+        except DamagedCheckpointError as error:
+            problem = str(error).removeprefix(f"{step_dir}: ")
+        except CheckpointError:
+            raise
+        except Exception as error:  # noqa: BLE001 - Orbax/TensorStore raise many kinds
+            if verified:
+                raise CheckpointError(f"{step_dir}: its files match {MANIFEST} but it does not "
+                                      f"restore ({_first_line(error)})") from error
+            problem = f"does not restore ({_first_line(error)})"
+    if named:
+        raise DamagedCheckpointError(f"{step_dir}: {problem}")
+    set_aside(step_dir, problem, log)
+    return False, None
+
+
+def check_finite(tree, step_dir: str) -> None:
+    """DamagedCheckpointError if a leaf holds NaN or inf: training never saves such values (it
+    skips non-finite steps), so they mean damaged bytes in an unverifiable checkpoint."""
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        path = "/".join(str(getattr(k, "key", k)) for k in keys)
+        values = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            bad = int(values.size - np.isfinite(values).sum())
+            raise DamagedCheckpointError(f"{step_dir}: {path} holds {bad} NaN/inf values of "
+                                         f"{values.size}")
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3, keep_best: int = 1,
@@ -52,12 +232,16 @@ def make_manager(directory: str, *, max_to_keep: int = 3, keep_best: int = 1,
     # A save is written to "<step>.orbax-checkpoint-tmp-*" and renamed to "<step>" when complete
     # (on every process), so a "<step>" folder is always a whole checkpoint; leftovers of a
     # killed save are removed when the next manager opens the folder.
+    # The manifest is written by Orbax's post-finalisation hook, which only the asynchronous
+    # checkpointer has: a synchronous save is an asynchronous one waited for (see `save`).
+    directory = os.path.abspath(os.path.expanduser(directory))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True,
-        todelete_subdir=TODELETE_SUBDIR)
-    directory = os.path.abspath(os.path.expanduser(directory))
+        enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
+        todelete_subdir=TODELETE_SUBDIR,
+        async_options=ocp.AsyncOptions(post_finalization_callback=manifest_on_commit(directory)))
     manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA_ITER, META), options=options)
+    manager.hmsa_wait_after_save = not async_save
     purge_retired(directory)
     return manager
 
@@ -93,7 +277,10 @@ def save(manager: ocp.CheckpointManager, state, data_iterator, meta: dict,
         items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
     ranked = None if metrics is None or BEST_METRIC not in metrics else {
         BEST_METRIC: float(metrics[BEST_METRIC])}
-    return manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force)
+    saved = manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force)
+    if getattr(manager, "hmsa_wait_after_save", False):
+        manager.wait_until_finished()
+    return saved
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
@@ -119,6 +306,53 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
         tree[key] = _zeros_like(getattr(abstract_state, key))
     state = abstract_state.replace(**tree)
     return state, restored.get(DATA_ITER) if data_iterator is not None else None, restored[META]
+
+
+def restore_usable(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
+                   log: Callable[[str], None] = _warn):
+    """`restore` of the newest sound step: damaged steps are set aside (see `attempt`) and the
+    next older one tried. None if the folder holds no step; CheckpointError if every step was
+    set aside. All processes take the same step."""
+    directory = str(manager.directory)
+    steps = step_candidates(directory)
+    if not steps:
+        return None
+    for step in reversed(steps):
+        step_dir = os.path.join(directory, str(step))
+        ok, restored = attempt(step_dir, lambda d: _restore_checked(manager, abstract_state,
+                                                                    data_iterator, step, d), log=log)
+        failed_somewhere = _any_process(not ok)  # after the set-aside: also a barrier
+        manager.reload()
+        if not failed_somewhere:
+            return restored
+    raise CheckpointError(no_usable_message(directory))
+
+
+def _restore_checked(manager, abstract_state, data_iterator, step: int, step_dir: str):
+    state, iterator, meta = restore(manager, abstract_state, data_iterator, step)
+    if not os.path.exists(os.path.join(step_dir, MANIFEST)):
+        check_finite({"params": state.params, "batch_stats": state.batch_stats}, step_dir)
+    return state, iterator, meta
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+
+
+def set_aside_steps(directory: str) -> list[str]:
+    corrupt = os.path.join(directory, CORRUPT_SUBDIR)
+    return sorted(os.listdir(corrupt)) if os.path.isdir(corrupt) else []
+
+
+def no_usable_message(directory: str) -> str:
+    aside = set_aside_steps(directory)
+    return (f"{directory}: no usable checkpoint left ({len(aside)} damaged step(s) set aside in "
+            f"{os.path.join(directory, CORRUPT_SUBDIR)}: {', '.join(aside)}); nothing was deleted. "
+            f"To start afresh, use another --workdir or move that folder away")
 
 
 class _StepMetadataNotice(logging.Filter):
@@ -165,56 +399,99 @@ def _zeros_like(abstract) -> jax.Array:
     return jax.device_put(zeros, sharding) if sharding is not None else zeros
 
 
-def _step_dirs(directory: str) -> list[int]:
+def step_candidates(directory: str) -> list[int]:
+    """Every committed step folder ("<digits>"), complete or not: what train, eval, predict and
+    init_from consider, oldest first (Orbax's pending folders have another name)."""
     return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, STATE)))
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
-def resolve_step_dir(path: str, step: int | None = None, which: str = "latest") -> str:
-    """The folder of one checkpoint step, from a workdir, its checkpoints folder or a step
-    folder. `which`: "latest" or "best" (highest val/miou) when `step` is not given."""
+def is_step_dir(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, n))
+               for n in (STATE, META, MANIFEST, "_CHECKPOINT_METADATA"))
+
+
+def _checkpoints_folder(path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, STATE)):
-        return path
     if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)):
         path = os.path.join(path, CHECKPOINTS_SUBDIR)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint folder")
-    steps = _step_dirs(path)
+    return path
+
+
+def _best_first(path: str, steps: list[int]) -> list[int]:
+    """Steps with a validation mIoU, best first (steps whose meta cannot be read are left out)."""
+    scored = []
+    for step in steps:
+        try:
+            metrics = read_meta(os.path.join(path, str(step))).get("metrics") or {}
+        except (CheckpointError, OSError, ValueError):
+            continue
+        if metrics.get(BEST_METRIC) is not None:
+            scored.append((metrics[BEST_METRIC], step))
+    return [step for _, step in sorted(scored, reverse=True)]
+
+
+def resolve_step_dir(path: str, step: int | None = None, which: str = "latest") -> str:
+    """The folder of one checkpoint step, from a workdir, its checkpoints folder or a step
+    folder. `which`: "latest" or "best" (highest val/miou) when `step` is not given. Only
+    the layout is looked at: `load_usable` checks the files."""
+    if which not in ("latest", "best"):
+        raise ValueError(f"which={which!r}; expected 'latest' or 'best'")
+    absolute = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(absolute) and is_step_dir(absolute):
+        return absolute
+    path = _checkpoints_folder(path)
+    steps = step_candidates(path)
     if not steps:
+        if set_aside_steps(path):
+            raise CheckpointError(no_usable_message(path))
         raise CheckpointError(f"{path}: holds no checkpoint (expected <step>/state/ folders)")
     if step is not None:
         if step not in steps:
             raise CheckpointError(f"{path}: no step {step}; steps present: {steps}")
         return os.path.join(path, str(step))
-    if which == "best":
-        scored = [(read_meta(os.path.join(path, str(s))).get("metrics") or {}, s) for s in steps]
-        scored = [(m[BEST_METRIC], s) for m, s in scored if m.get(BEST_METRIC) is not None]
-        if scored:
-            return os.path.join(path, str(max(scored)[1]))
-    elif which != "latest":
-        raise ValueError(f"which={which!r}; expected 'latest' or 'best'")
-    return os.path.join(path, str(steps[-1]))
+    best = _best_first(path, steps) if which == "best" else []
+    return os.path.join(path, str(best[0] if best else steps[-1]))
+
+
+def load_usable(path: str, load: Callable[[str], Any], step: int | None = None,
+                which: str = "latest", log: Callable[[str], None] = _warn) -> tuple[str, Any]:
+    """(step folder, load(step folder)) of the newest (or best) sound step at `path`; damaged
+    steps are set aside on the way (see `attempt`). A step the caller named (`step`, or `path`
+    a step folder) is never replaced by another. Processes decide alike without talking: the
+    verdict on a step depends only on its files."""
+    absolute = os.path.abspath(os.path.expanduser(path))
+    named = step is not None or (os.path.isdir(absolute) and is_step_dir(absolute))
+    while True:
+        step_dir = resolve_step_dir(path, step, which)
+        ok, loaded = attempt(step_dir, load, named=named, log=log)
+        if ok:
+            return step_dir, loaded
+
+
+def _meta_file(step_dir: str) -> str | None:
+    meta_dir = os.path.join(step_dir, META)
+    candidates = [os.path.join(meta_dir, n) for n in ("metadata", "meta")] + [meta_dir]
+    return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 def read_meta(step_dir: str) -> dict:
-    meta_dir = os.path.join(step_dir, META)
-    candidates = [os.path.join(meta_dir, n) for n in ("metadata", "meta")] + [meta_dir]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            with open(candidate) as f:
-                return json.load(f)
-    raise CheckpointError(f"{step_dir}: no {META}/ JSON")
+    candidate = _meta_file(step_dir)
+    if candidate is None:
+        raise CheckpointError(f"{step_dir}: no {META}/ JSON")
+    try:
+        with open(candidate) as f:
+            return json.load(f)
+    except ValueError as error:
+        raise DamagedCheckpointError(f"{step_dir}: {os.path.relpath(candidate, step_dir)} is not "
+                                     f"JSON ({error})") from None
 
 
-def restore_variables(path: str, step: int | None = None, which: str = "latest",
-                      sharding: jax.sharding.Sharding | None = None) -> tuple[dict, dict]:
-    """({"params", "batch_stats"}, meta) from a checkpoint, without the optimiser state.
-
-    `sharding` places every array (default: the first local device). `meta["config"]` is the
-    run's resolved config (model name, num_classes, data section).
-    """
-    step_dir = resolve_step_dir(path, step, which)
+def read_variables(step_dir: str, sharding: jax.sharding.Sharding | None = None) -> tuple[dict, dict]:
+    """({"params", "batch_stats"}, meta) of one step folder, without the optimiser state; no
+    manifest check (see `load_usable`), but non-finite values in a step without one are refused."""
     checkpointer = ocp.PyTreeCheckpointer()
     stored = stored_tree_metadata(os.path.join(step_dir, STATE))
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -227,9 +504,28 @@ def restore_variables(path: str, step: int | None = None, which: str = "latest",
             args=ocp.args.PyTreeRestore(item=target,
                                         restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                         partial_restore=True))
-    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}, read_meta(step_dir)
+    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    if not os.path.exists(os.path.join(step_dir, MANIFEST)):
+        check_finite(variables, step_dir)
+    return variables, read_meta(step_dir)
 
 
-__all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CheckpointError", "TODELETE_SUBDIR",
-           "make_manager", "purge_retired", "read_meta", "resolve_step_dir", "restore",
-           "restore_variables", "save", "state_tree", "stored_tree_metadata"]
+def restore_variables(path: str, step: int | None = None, which: str = "latest",
+                      sharding: jax.sharding.Sharding | None = None,
+                      log: Callable[[str], None] = _warn) -> tuple[dict, dict]:
+    """({"params", "batch_stats"}, meta) from a checkpoint, without the optimiser state: the
+    newest sound step (see `load_usable`).
+
+    `sharding` places every array (default: the first local device). `meta["config"]` is the
+    run's resolved config (model name, num_classes, data section).
+    """
+    _, loaded = load_usable(path, lambda d: read_variables(d, sharding), step, which, log)
+    return loaded
+
+
+__all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CORRUPT_SUBDIR", "CheckpointError",
+           "DamagedCheckpointError", "MANIFEST", "TODELETE_SUBDIR", "attempt", "check_finite",
+           "inspect_step", "is_step_dir", "load_usable", "make_manager", "manifest_of",
+           "purge_retired", "read_meta", "read_variables", "resolve_step_dir", "restore",
+           "restore_usable", "restore_variables", "save", "set_aside", "state_tree",
+           "step_candidates", "stored_tree_metadata", "write_manifest"]

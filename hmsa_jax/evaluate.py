@@ -165,9 +165,8 @@ def main(argv: list[str]) -> int:
     return cli.run_guarded("hmsa eval", lambda: _eval_command(args, rest))
 
 
-def _load_data_config(config_args: list[str], meta: dict, checkpoint: str):
-    from ml_collections import ConfigDict
-
+def _command_line_config(config_args: list[str]):
+    """The --config file with its overrides, or None (then the checkpoint's data section)."""
     from hmsa_jax.configlib import ConfigError, load_config
 
     if any(a.startswith("--config=") for a in config_args):
@@ -175,6 +174,14 @@ def _load_data_config(config_args: list[str], meta: dict, checkpoint: str):
         return config
     if config_args:
         raise ConfigError(f"{config_args[0]}: --config.* overrides need --config=FILE")
+    return None
+
+
+def _checkpoint_data_config(meta: dict, checkpoint: str):
+    from ml_collections import ConfigDict
+
+    from hmsa_jax.configlib import ConfigError
+
     if not meta.get("config"):
         raise ConfigError(f"{checkpoint}: this checkpoint stores no config (a converted one?); pass "
                           f"--config=configs/<dataset>.py to say what to evaluate on")
@@ -183,19 +190,22 @@ def _load_data_config(config_args: list[str], meta: dict, checkpoint: str):
 
 def _eval_command(args, config_args: list[str]) -> int:
     from hmsa_jax import inference_cli as cli
-    from hmsa_jax.predict import load_model, resolve_checkpoint
+    from hmsa_jax.predict import load_model
 
     options = cli.inference_options(args)  # bad scales fail before anything loads
-    _, step_dir, meta = resolve_checkpoint(args.checkpoint, args.step, args.which)
-    config = _load_data_config(config_args, meta, args.checkpoint)
-    if "runtime" in config:
-        cli.configure_runtime(config.runtime)
-    if args.batch_size:
-        config.data.eval.batch_size = args.batch_size
+    config = _command_line_config(config_args)
+    # Run-time settings (compilation cache, ...) are this machine's: the --config given here, or
+    # the defaults; never those a checkpoint was trained with elsewhere.
+    cli.configure_runtime(config.runtime if config is not None and "runtime" in config else None)
     parallel.initialize_distributed_if_requested()
     mesh = parallel.make_mesh(args.num_devices or None)
-    expect = config.model.name if "model" in config and any(a.startswith("--config=") for a in config_args) else None
-    loaded = load_model(step_dir, sharding=parallel.replicated(mesh), expect_model=expect)
+    expect = config.model.name if config is not None and "model" in config else None
+    loaded = load_model(args.checkpoint, step=args.step, which=args.which,
+                        sharding=parallel.replicated(mesh), expect_model=expect)
+    if config is None:
+        config = _checkpoint_data_config(loaded.meta, loaded.path)
+    if args.batch_size:
+        config.data.eval.batch_size = args.batch_size
     main_process = jax.process_index() == 0
     say = print if main_process else (lambda _: None)
     say(f"{loaded.path}: {loaded.model_name}, {loaded.num_classes} classes, step {loaded.meta.get('step')}; "

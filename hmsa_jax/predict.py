@@ -183,14 +183,31 @@ def load_model(path: str, *, step: int | None = None, which: str = "latest",
                dtype: str | None = None) -> LoadedModel:
     """Restore a checkpoint for inference: params + batch_stats placed with `sharding` (default:
     replicated over this process's devices), on any device count. `expect_model` (a config's
-    model name) must match the checkpoint's."""
-    kind, step_dir, meta = resolve_checkpoint(path, step, which)
+    model name) must match the checkpoint's. The newest (or best) sound step is used: damaged
+    ones are set aside on the way (hmsa_jax.checkpoint.load_usable)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise checkpoint_lib.CheckpointError(f"{path}: no such checkpoint folder")
+    sharding = sharding or NamedSharding(local_mesh(), P())
+    load = functools.partial(_load_step, sharding=sharding, expect_model=expect_model, dtype=dtype)
+    converted = _converted_step_dir(path)
+    if converted is not None:
+        return load(converted, kind="converted")
+    _, loaded = checkpoint_lib.load_usable(path, load, step, which)
+    return loaded
+
+
+def _load_step(step_dir: str, *, sharding, expect_model: str | None, dtype: str | None,
+               kind: str = "train") -> LoadedModel:
+    meta = checkpoint_lib.read_meta(step_dir)
+    if kind == "converted" and meta.get("format") != CONVERTED_FORMAT:
+        raise checkpoint_lib.CheckpointError(
+            f"{step_dir}/meta: format {meta.get('format')!r}; expected {CONVERTED_FORMAT!r}")
     if expect_model is not None and meta.get("model") != expect_model:
         raise checkpoint_lib.CheckpointError(
             f"{step_dir}: holds a {meta.get('model')!r} checkpoint, but the config asks for model "
             f"{expect_model!r}; pass the matching --config or checkpoint")
     model = build_model_from_meta(meta, dtype)
-    sharding = sharding or NamedSharding(local_mesh(), P())
     target = abstract_variables(model, sharding)
     item_dir = os.path.join(step_dir, "variables" if kind == "converted" else checkpoint_lib.STATE)
     check_variables_fit(_stored_shapes(item_dir), target, step_dir, meta["model"])
@@ -199,7 +216,7 @@ def load_model(path: str, *, step: int | None = None, which: str = "latest",
 
         variables, meta = restore_converted(os.path.dirname(step_dir), target)
     else:
-        variables, meta = checkpoint_lib.restore_variables(step_dir, sharding=sharding)
+        variables, meta = checkpoint_lib.read_variables(step_dir, sharding=sharding)
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     return LoadedModel(model, variables, meta, class_table_for(meta), step_dir)
 
@@ -534,7 +551,7 @@ def _predict_command(args) -> int:
 
     images = find_images(args.inputs)  # before any compilation: bad paths fail fast
     options = cli.inference_options(args)
-    cli.configure_runtime_for_checkpoint(args.checkpoint)
+    cli.configure_runtime()  # this machine's defaults, not the checkpoint's
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     predictor = Predictor(loaded.model, loaded.variables, loaded.classes, **dataclasses.asdict(options))
     print(f"{loaded.path}: {loaded.model_name}, {loaded.num_classes} classes; scales "

@@ -191,7 +191,7 @@ def test_checkpoint_of_another_architecture_is_refused(synthetic_run, tmp_path, 
     # A checkpoint whose variables are not those of the model its meta names.
     import shutil
 
-    from hmsa_jax.checkpoint import read_meta, resolve_step_dir
+    from hmsa_jax.checkpoint import read_meta, resolve_step_dir, write_manifest
 
     forged = tmp_path / "forged"
     shutil.copytree(workdir, forged)
@@ -201,6 +201,7 @@ def test_checkpoint_of_another_architecture_is_refused(synthetic_run, tmp_path, 
     meta["model"] = "hrnet_tiny_ocr_mscale"
     with open(meta_file, "w") as f:
         json.dump(meta, f)
+    write_manifest(step_dir)  # as if saved so (otherwise the edit is caught as damage)
     assert cli.main(["eval", f"--checkpoint={forged}"]) == 2
     err = capsys.readouterr().err
     assert "do not fit model 'hrnet_tiny_ocr_mscale'" in err and "another architecture" in err

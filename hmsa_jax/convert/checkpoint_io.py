@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import orbax.checkpoint as ocp
 
+from hmsa_jax.checkpoint import manifest_on_commit
+
 FORMAT = "hmsa_jax.converted/1"
 STEP = 0
 ITEMS = ("state", "meta")
@@ -34,7 +36,10 @@ def file_sha256(path: str | pathlib.Path) -> str:
 
 
 def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(directory.resolve(), item_names=ITEMS)
+    # Each step carries the manifest eval/predict/init_from verify (hmsa_jax.checkpoint).
+    options = ocp.CheckpointManagerOptions(async_options=ocp.AsyncOptions(
+        post_finalization_callback=manifest_on_commit(str(directory.resolve()))))
+    return ocp.CheckpointManager(directory.resolve(), item_names=ITEMS, options=options)
 
 
 def save_converted(directory: str | pathlib.Path, variables: Mapping, meta: Mapping[str, Any],

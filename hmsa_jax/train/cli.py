@@ -11,7 +11,8 @@ Multi-host: the same command on every host; the job is joined as config.distribu
 environment say (SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
 JAX_PROCESS_ID). --stop_after=N ends this run after N steps with a checkpoint.
 
-Exit status: 0 done (or --stop_after reached); 2 a config or workdir error; 75 stopped by
+Exit status: 0 done (or --stop_after reached); 2 a config, workdir or checkpoint error (e.g.
+no usable checkpoint left after setting damaged ones aside); 75 stopped by
 SIGTERM/SIGINT after saving a checkpoint (run the same command to resume); 1 any other error,
 e.g. too many non-finite steps in a row or a process of the job that could not be reached.
 """
@@ -107,11 +108,12 @@ def main(argv: list[str]) -> int:
 
         print(f"hmsa train: process {jax.process_index()} of {jax.process_count()}, "
               f"{jax.local_device_count()} local / {jax.device_count()} devices", flush=True)
+    from hmsa_jax.checkpoint import CheckpointError
     from hmsa_jax.data.errors import DataError
 
     try:
         summary = train(config, values.workdir, stop_after=values.stop_after)
-    except (ConfigError, DataError) as error:  # data errors name the file or value; the last
+    except (CheckpointError, ConfigError, DataError) as error:  # data errors name the file or value; the last
         print(f"hmsa train: {error}", file=sys.stderr)  # checkpoint, if any, is untouched
         return 2
     except Preempted as stop:

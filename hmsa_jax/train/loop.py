@@ -140,12 +140,16 @@ def _saved_config(workdir: str) -> tuple[str, dict] | None:
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: unreadable ({error}); it should hold the config this "
                               f"workdir was trained with") from None
-    try:
-        step_dir = checkpoint.resolve_step_dir(workdir)
-    except checkpoint.CheckpointError:
-        return None
-    meta = checkpoint.read_meta(step_dir)
-    return (os.path.join(step_dir, checkpoint.META), meta["config"]) if "config" in meta else None
+    directory = os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR)
+    steps = checkpoint.step_candidates(directory) if os.path.isdir(directory) else []
+    for step in reversed(steps):  # a damaged step is dealt with when restoring
+        step_dir = os.path.join(directory, str(step))
+        try:
+            meta = checkpoint.read_meta(step_dir)
+        except (checkpoint.CheckpointError, OSError):
+            continue
+        return (os.path.join(step_dir, checkpoint.META), meta["config"]) if "config" in meta else None
+    return None
 
 
 def check_workdir(workdir: str, resolved: dict) -> None:
@@ -287,9 +291,12 @@ def train(config, workdir: str, *, stop_after: int | None = None,
     iterator = iter(train_ds)
     seed_key = jax.random.key(config.train.seed)
     init_key, dropout_key = jax.random.fold_in(seed_key, 0), jax.random.fold_in(seed_key, 1)
-    if manager.latest_step() is not None:
-        abstract = abstract_train_state(model, tx, image_shape, replicated)
-        state, iterator, _ = checkpoint.restore(manager, abstract, iterator)
+    abstract = abstract_train_state(model, tx, image_shape, replicated)
+    restored = checkpoint.restore_usable(manager, abstract, iterator, log=log)
+    if restored is None and checkpoint.set_aside_steps(str(manager.directory)):
+        raise checkpoint.CheckpointError(checkpoint.no_usable_message(str(manager.directory)))
+    if restored is not None:
+        state, iterator, _ = restored
         log(f"resumed from {manager.directory}/{int(state.step)}")
     else:
         state = jax.jit(lambda key: create_train_state(model, tx, key, image_shape),

@@ -69,10 +69,10 @@ def merge_variables(fresh: dict, pretrained: dict, source: str = "checkpoint") -
 def load_pretrained(fresh: dict, path: str, which: str = "latest") -> tuple[dict, InitReport]:
     """Merge the variables of the checkpoint at `path` (workdir, checkpoints/ or a step
     folder) into `fresh`; see `merge_variables`."""
-    from hmsa_jax.checkpoint import resolve_step_dir, restore_variables
+    from hmsa_jax.checkpoint import load_usable, read_variables
 
-    step_dir = resolve_step_dir(path, which=which)
-    pretrained, _ = restore_variables(step_dir)
+    # The newest (or best) sound step: damaged ones are set aside as for a resume.
+    step_dir, (pretrained, _) = load_usable(path, read_variables, which=which)
     merged, report = merge_variables(fresh, pretrained, source=step_dir)
     if not report.loaded:
         raise ValueError(f"{step_dir}: no variable matches this model by name and shape; "
