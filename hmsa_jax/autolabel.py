@@ -237,7 +237,7 @@ def _autolabel_command(args) -> int:
     if not 0.0 <= args.threshold < 1.0:
         raise InferenceError(f"--threshold={args.threshold}; expected 0 <= threshold < 1")
     images = find_images([args.images])
-    cli.configure_runtime_for_checkpoint(args.checkpoint)
+    cli.configure_runtime()  # this machine's defaults, not the checkpoint's
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     summary = autolabel_images(loaded, images, args.out, options, threshold=args.threshold,
                                border=border, overwrite=args.overwrite)

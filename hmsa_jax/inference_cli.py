@@ -57,7 +57,9 @@ def inference_options(args):
 
 
 def configure_runtime(runtime=None) -> None:
-    """Compilation cache and CPU fast compile as `hmsa train` does (before any backend starts)."""
+    """Compilation cache and CPU fast compile as `hmsa train` does (before any backend starts),
+    from `runtime` (a config given on this command line) or the defaults: a checkpoint's saved
+    runtime section is another machine's and never applies."""
     from hmsa_jax.train.cli import configure_runtime as configure
     from hmsa_jax.train.config import default_config
 
@@ -66,18 +68,10 @@ def configure_runtime(runtime=None) -> None:
 
 
 def configure_runtime_for_checkpoint(path: str) -> None:
-    """The runtime section of the checkpoint's saved config (defaults for converted ones)."""
-    from ml_collections import ConfigDict
-
-    from hmsa_jax.predict import resolve_checkpoint
-    from hmsa_jax.train.config import default_config
-
-    _, _, meta = resolve_checkpoint(path)
-    runtime = default_config().runtime
-    saved = (meta.get("config") or {}).get("runtime")
-    if saved:
-        runtime = ConfigDict({**runtime.to_dict(), **{k: v for k, v in saved.items() if k in runtime}})
-    configure_runtime(runtime)
+    """Kept for callers written when the checkpoint's runtime section applied: now the local
+    defaults, whatever `path` holds."""
+    del path
+    configure_runtime()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

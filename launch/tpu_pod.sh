@@ -19,10 +19,17 @@
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR}"
 CONFIG=${CONFIG:-configs/cityscapes.py:tfds}
-REPO_DIR=${REPO_DIR:-~/hmsa_jax}
-PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
-ARGS=$(printf ' %q' "$@")
-gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command="
-  cd $REPO_DIR && python -m hmsa_jax.cli train --config=$CONFIG --workdir=$WORKDIR \
-    --config.model.dtype=bfloat16 --config.distributed.mode=on \
-    --config.distributed.initialization_timeout_s=600 $ARGS"
+REPO_DIR=${REPO_DIR:-'~/hmsa_jax'}  # a leading ~/ is the worker's home
+PROJECT_ARGS=()
+if [[ -n ${PROJECT:-} ]]; then PROJECT_ARGS=(--project="$PROJECT"); fi
+
+# Every value goes into the workers' shell command quoted (printf %q, read by their bash), so a
+# value with spaces, ';' or '$(...)' stays one argument and never runs as a command.
+quote_path() {
+  if [[ $1 == "~/"* ]]; then printf '~/%q' "${1#"~/"}"; else printf '%q' "$1"; fi
+}
+REMOTE="cd $(quote_path "$REPO_DIR") && python -m hmsa_jax.cli train$(printf ' %q' \
+  "--config=$CONFIG" "--workdir=$WORKDIR" --config.model.dtype=bfloat16 \
+  --config.distributed.mode=on --config.distributed.initialization_timeout_s=600 "$@")"
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"} \
+  --worker=all --command="$REMOTE"

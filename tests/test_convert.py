@@ -1,6 +1,7 @@
 """`hmsa convert`: reading PyTorch checkpoints, placing every tensor, the report, the Orbax output."""
 import functools
 import json
+import os
 import pathlib
 import sys
 
@@ -219,12 +220,32 @@ class NotAllowed:
     """Unpickling this needs code from the test module: weights-only loading must refuse it."""
 
 
+class RunsCode:
+    """What a malicious checkpoint holds: unpickling calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def test_a_file_that_needs_code_to_load_is_refused_with_an_explanation(tmp_path):
     path = tmp_path / "pickled.pth"
     torch.save({"state_dict": {"w": torch.ones(1)}, "args": NotAllowed()}, path)
     with pytest.raises(CheckpointReadError, match="weights-only") as info:
         read_state_dict(path)
     assert "NotAllowed" in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_file_that_would_run_code_is_refused_without_advice_to_load_it_unsafely(tmp_path, capsys):
+    marker, path = tmp_path / "ran", tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "x": RunsCode(marker)}, path)
+    assert cli.main([str(path), "--arch=hrnet_tiny_ocr", f"--out={tmp_path}/o"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith(f"hmsa convert: {path}: refused")
+    assert "system" in err and "would run that code" in err and "weights_only=False" not in err
+    assert not marker.exists() and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("content,message", [

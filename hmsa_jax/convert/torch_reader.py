@@ -74,11 +74,10 @@ def load_weights_only(path: str | pathlib.Path) -> Any:
             raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint "
                                       f"({_unpickler_reason(e)})") from e
         raise CheckpointReadError(
-            f"{path}: refused. Checkpoints are read with PyTorch's weights-only loading, which never "
-            f"runs code stored in the file, and this file needs more than tensors and plain values: "
-            f"it asks for {', '.join(needed)}. If you trust the file, re-save just its weights in "
-            f"PyTorch and convert that: "
-            f"torch.save(torch.load(PATH, weights_only=False)['state_dict'], 'weights.pth')") from e
+            f"{path}: refused: besides tensors and plain values, the file asks to import and call "
+            f"{', '.join(needed)}. Loading it any other way than PyTorch's weights-only loading "
+            f"would run that code, with your permissions; it was not loaded. Convert a file that "
+            f"holds only tensors (a state dict), from a source you trust") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
 
