@@ -2,10 +2,11 @@
 
 Written from ../shared/reference/HMSA_REFERENCE.md (not from hmsa_jax), with the reference's
 module names so that its state dict has the reference's keys, and parameterised by width so the
-tests can run it tiny. Eval mode only; everything NCHW as in PyTorch.
+tests can run it tiny. Everything NCHW as in PyTorch.
 
   HRNetOCRMscale: HRNetV2 trunk + OCR + scale attention; two_scale() and nscale()
   DeepV3PlusMscale: ResNet-50 (output stride 8) + DeepLabV3+ + scale attention
+  Mscale.training_loss(): the two-scale training forward and the reference's loss (CE or RMI)
 """
 from __future__ import annotations
 
@@ -266,6 +267,19 @@ class Mscale(nn.Module):
         per_scale = {s: self.one_scale(resize_by(x, s)) for s in sorted(scales, reverse=True)}
         return {**hierarchical_fuse(per_scale), "per_scale": per_scale}
 
+    def training_loss(self, x, labels, criterion: str, aux_weight: float = 0.4,
+                      scale_weight: float = 0.05) -> torch.Tensor:
+        """The reference's forward in training mode: the two-scale forward, then its loss
+        crit_main(P) + aux_weight * crit_aux(A) + scale_weight * (crit_aux(U(P_lo)) + crit_aux(P_hi)).
+        BN statistics are those of the current mode (call train() first to train)."""
+        out = self.two_scale(x)
+        crit_main, crit_aux = CRITERIA[criterion]
+        lo, hi = out["per_scale"][min(out["per_scale"])]["pred"], out["per_scale"][1.0]["pred"]
+        loss = crit_main(out["pred"], labels)
+        if out["aux"] is not None:
+            loss = loss + aux_weight * crit_aux(out["aux"], labels)
+        return loss + scale_weight * (crit_aux(upsample_to(lo, hi.shape[2:]), labels) + crit_aux(hi, labels))
+
 
 class HRNetOCRMscale(Mscale):
     def __init__(self, num_classes: int, trunk: dict | None = None, mid_channels: int = 512,
@@ -356,6 +370,75 @@ def tiny_deeplab_mscale(num_classes: int) -> DeepV3PlusMscale:
     """The counterpart of create_model('resnet_tiny_deeplabv3plus_mscale')."""
     return DeepV3PlusMscale(num_classes, dict(blocks=(1, 1, 1, 1), planes=(8, 16, 32, 64), stem_width=8),
                             aspp_channels=16, low_level_channels=8, decoder_channels=16, attention_channels=16)
+
+
+# ----------------------------------------------------------------------------- losses
+
+IGNORE_LABEL = 255
+RMI_RADIUS, RMI_POOL, RMI_ALPHA, RMI_CLIP_MIN = 3, 4, 5e-4, 1e-6
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_LABEL)
+
+
+def _valid_one_hot(logits: torch.Tensor, labels: torch.Tensor):
+    """(mask [B, 1, H, W], one-hot [B, K, H, W] zero at ignored pixels), in the logits' dtype."""
+    k = logits.shape[1]
+    mask = (labels < k).to(logits.dtype)
+    one_hot = F.one_hot(labels * (labels < k).long(), k).permute(0, 3, 1, 2).to(logits.dtype) * mask[:, None]
+    return mask[:, None], one_hot
+
+
+def sigmoid_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid BCE against the one-hot labels, summed over valid pixels, / (valid pixels + 1)."""
+    mask, one_hot = _valid_one_hot(logits, labels)
+    summed = F.binary_cross_entropy_with_logits(logits, one_hot, weight=mask.expand_as(one_hot), reduction="sum")
+    return summed / (mask.sum() + 1.0)
+
+
+def _neighbourhoods(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """[B, K, H, W] -> [B, K, radius**2, N]: every full radius x radius window as a vector."""
+    h, w = x.shape[2] - radius + 1, x.shape[3] - radius + 1
+    shifted = [x[:, :, dy:dy + h, dx:dx + w] for dy in range(radius) for dx in range(radius)]
+    return torch.stack(shifted, dim=2).flatten(3)
+
+
+def rmi_lower_bound(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """RMI: pooled one-hot labels and masked probabilities, 9-vectors, float64 covariances,
+    0.5 * logdet(C_yy - C_yp (C_pp + aI)^-1 C_py + aI) by Cholesky; mean over the batch, / 9,
+    summed over the classes."""
+    mask, one_hot = _valid_one_hot(logits, labels)
+    probs = torch.sigmoid(logits) * mask + RMI_CLIP_MIN
+    pool = lambda t: F.avg_pool2d(t, RMI_POOL, RMI_POOL, RMI_POOL // 2)
+    la = _neighbourhoods(pool(one_hot), RMI_RADIUS).double()
+    pr = _neighbourhoods(pool(probs), RMI_RADIUS).double()
+    la = la - la.mean(dim=3, keepdim=True)
+    pr = pr - pr.mean(dim=3, keepdim=True)
+    eye = torch.eye(RMI_RADIUS ** 2, dtype=torch.float64)
+    la_pr = la @ pr.transpose(2, 3)
+    pr_cov_inv = torch.inverse(pr @ pr.transpose(2, 3) + RMI_ALPHA * eye)
+    cond = la @ la.transpose(2, 3) - la_pr @ pr_cov_inv @ la_pr.transpose(2, 3)
+    chol = torch.linalg.cholesky(cond + RMI_ALPHA * eye)
+    half_log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1) + 1e-8).sum(-1)  # [B, K]
+    return (half_log_det.mean(dim=0).to(logits.dtype) / RMI_RADIUS ** 2).sum()
+
+
+def rmi_criterion(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return 0.5 * sigmoid_bce(logits, labels) + 0.5 * rmi_lower_bound(logits, labels)
+
+
+# criterion -> (crit_main, crit_aux): with RMI the aux and per-scale terms are the BCE part alone.
+CRITERIA = {"ce": (cross_entropy, cross_entropy), "rmi": (rmi_criterion, sigmoid_bce)}
+
+
+def train_without_dropout_(model: nn.Module) -> nn.Module:
+    """Training mode (BN on batch statistics, running stats updated) with every dropout off."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+            m.eval()
+    return model
 
 
 # ----------------------------------------------------------------------------- random weights
