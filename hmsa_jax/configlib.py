@@ -34,6 +34,7 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
                                     flag_values=values, lock_config=True, sys_argv=argv)
     if extra_flags is not None:
         extra_flags(values)
+    argv = underscore_flag_names(argv, set(values))
     _check_config_file(argv)
     _check_override_keys(argv)
     try:
@@ -51,6 +52,55 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
     if config is None:
         raise ConfigError("missing --config=configs/<file>.py[:preset]")
     return config, values
+
+
+def underscore_flag_names(argv: list[str], names: set[str]) -> list[str]:
+    """`--max-records=3` -> `--max_records=3` where `max_records` is a defined flag, so both
+    spellings work (absl knows only the one the flag was defined with)."""
+    def spelled(arg: str) -> str:
+        if not arg.startswith("--") or arg.startswith("--config"):
+            return arg
+        name, separator, value = arg[2:].partition("=")
+        underscored = name.replace("-", "_")
+        return f"--{underscored}{separator}{value}" if underscored in names else arg
+
+    return [spelled(arg) for arg in argv]
+
+
+def flags_help(extra_flags: Callable) -> str:
+    """One line per flag `extra_flags` defines: `--name=DEFAULT  help` (dashes work too)."""
+    from absl import flags
+
+    values = flags.FlagValues()
+    extra_flags(values)
+    lines = []
+    for name in sorted(values):
+        flag = values[name]
+        default = "" if flag.default is None else ",".join(flag.default) if isinstance(flag.default, list) \
+            else flag.default
+        lines.append(f"  --{name}={default}".ljust(28) + f"  {flag.help}")
+    return "\n".join(lines)
+
+
+def config_fields(config: ConfigDict, prefix: str = "config") -> list[tuple[str, object]]:
+    """(dotted key, value) of every leaf field, in the config's order."""
+    fields = []
+    for key, value in config.items():
+        if isinstance(value, ConfigDict):
+            fields += config_fields(value, f"{prefix}.{key}")
+        else:
+            fields.append((f"{prefix}.{key}", value))
+    return fields
+
+
+def format_config_fields(config: ConfigDict) -> str:
+    """`  --config.train.steps=0` lines, tuples written as an override takes them."""
+    def text(value) -> str:
+        if isinstance(value, (tuple, list)):
+            return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return "''" if value == "" else str(value)
+
+    return "\n".join(f"  --{key}={text(value)}" for key, value in config_fields(config))
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -158,4 +208,5 @@ def _same_kind(value, expected) -> bool:
     return isinstance(value, type(expected))
 
 
-__all__ = ["ConfigError", "check_fields", "config_to_dict", "load_config"]
+__all__ = ["ConfigError", "check_fields", "config_fields", "config_to_dict", "flags_help",
+           "format_config_fields", "load_config", "underscore_flag_names"]

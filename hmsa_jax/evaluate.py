@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmsa_jax import parallel
-from hmsa_jax.metrics import confusion_matrix, format_scores, segmentation_scores
+from hmsa_jax.console import plural, progress_bar
+from hmsa_jax.metrics import confusion_matrix, format_scores, scores_to_json, segmentation_scores
 from hmsa_jax.predict import InferenceError, InferenceOptions, LoadedModel, make_logits_fn
 
 
@@ -40,13 +41,8 @@ class EvalResult:
         return format_scores(self.scores, self.class_names)
 
     def to_json(self, **extra) -> dict:
-        as_float = lambda v: None if not np.isfinite(v) else float(v)
-        s = self.scores
         return {**extra, "num_images": self.num_images, "num_records": self.num_records,
-                "miou": as_float(s["miou"]), "pixel_accuracy": as_float(s["pixel_accuracy"]),
-                "mean_class_accuracy": as_float(s["mean_class_accuracy"]), "pixels": s["pixels"],
-                "per_class": {name: {"iou": as_float(i), "accuracy": as_float(a)}
-                              for name, i, a in zip(self.class_names, s["iou"], s["class_accuracy"])},
+                **scores_to_json(self.scores, self.class_names),
                 "confusion": self.confusion.tolist(), "seconds": round(self.seconds, 2)}
 
 
@@ -103,8 +99,9 @@ def prediction_writer(directory: str, source, classes_name: str, padded: bool) -
 
 def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
              predictions_dir: str | None = None, max_batches: int = 0,
-             log: Callable[[str], None] = print) -> EvalResult:
-    """Score `loaded` on data.eval_split of the `data` config section (see module docstring)."""
+             log: Callable[[str], None] = print, quiet: bool = True) -> EvalResult:
+    """Score `loaded` on data.eval_split of the `data` config section (see module docstring).
+    `quiet=False`: a progress bar over the batches (on a terminal)."""
     from hmsa_jax.data.build import make_eval_dataset
 
     mesh = mesh or parallel.make_mesh()
@@ -121,11 +118,16 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
         write = prediction_writer(predictions_dir, source, source.classes.name, all(data.eval.pad_to))
     start = time.perf_counter()
     confusion = counted = None
+    bar = progress_bar(total=min(num_batches, max_batches or num_batches), desc="eval", unit="batch",
+                       quiet=quiet)
+    bar.set_postfix_str("compiling (first batch)")
     for number, batch in enumerate(eval_ds):
         if max_batches and number >= max_batches:
             break
         arrays = parallel.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
         batch_confusion, batch_count, predictions = eval_fn(variables, arrays)
+        bar.set_postfix_str("", refresh=False)
+        bar.update(1)
         confusion = batch_confusion if confusion is None else confusion + batch_confusion
         counted = batch_count if counted is None else counted + batch_count
         if write is not None:
@@ -133,6 +135,7 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
                 if valid:
                     write(int(index), row)
         log(f"batch {number + 1}/{num_batches}")
+    bar.close()
     if confusion is None:
         raise InferenceError("nothing was evaluated (max_batches or an empty split)")
     # Replicated: every process holds the whole matrix.
@@ -158,6 +161,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write one PNG per image (Cityscapes labelIds for Cityscapes)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if not a.startswith("--config")]
     if unknown:
@@ -212,9 +217,10 @@ def _eval_command(args, config_args: list[str]) -> int:
         f"{config.data.dataset} {config.data.eval_split}, scales {list(options.scales)}, "
         f"fusion {options.fusion}{', flip' if options.flip else ''}"
         f"{f', windows {options.window}' if options.window else ', whole images'}, "
-        f"{mesh.devices.size} devices, {jax.process_count()} processes")
+        f"{plural(mesh.devices.size, 'device')}, {plural(jax.process_count(), 'process')}")
     result = evaluate(loaded, config.data, options, mesh=mesh, predictions_dir=args.save_predictions,
-                      max_batches=args.max_batches, log=lambda _: None)
+                      max_batches=args.max_batches, log=lambda _: None,
+                      quiet=args.quiet or not main_process)
     say(result.table())
     say(f"{result.num_images} of {result.num_records} images scored in {result.seconds:.1f} s")
     report = result.to_json(checkpoint=loaded.path, model=loaded.model_name, step=loaded.meta.get("step"),

@@ -69,4 +69,13 @@ def format_scores(scores: dict, class_names: Sequence[str] | None = None) -> str
     return "\n".join(lines)
 
 
-__all__ = ["confusion_matrix", "format_scores", "segmentation_scores"]
+def scores_to_json(scores: dict, class_names: Sequence[str]) -> dict:
+    """segmentation_scores as JSON values: fractions, None where a score is undefined."""
+    as_float = lambda v: None if not np.isfinite(v) else float(v)
+    return {"miou": as_float(scores["miou"]), "pixel_accuracy": as_float(scores["pixel_accuracy"]),
+            "mean_class_accuracy": as_float(scores["mean_class_accuracy"]), "pixels": scores["pixels"],
+            "per_class": {name: {"iou": as_float(i), "accuracy": as_float(a)}
+                          for name, i, a in zip(class_names, scores["iou"], scores["class_accuracy"])}}
+
+
+__all__ = ["confusion_matrix", "format_scores", "scores_to_json", "segmentation_scores"]

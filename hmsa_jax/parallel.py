@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from hmsa_jax.console import plural
+
 DATA_AXIS = "data"
 
 
@@ -29,7 +31,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
-            raise ValueError(f"num_devices={num_devices}; this process sees {len(devices)} devices")
+            raise ValueError(f"num_devices={num_devices}; this process sees {plural(len(devices), 'device')}")
         if jax.process_count() > 1 and num_devices != len(devices):
             raise ValueError(f"num_devices={num_devices} in a {jax.process_count()}-process job; "
                              f"multi-process runs use every device ({len(devices)}): set 0")

@@ -547,6 +547,7 @@ def main(argv: list[str]) -> int:
 def _predict_command(args) -> int:
     from hmsa_jax import inference_cli as cli
     from hmsa_jax import visualize as vis
+    from hmsa_jax.console import plural
     from hmsa_jax.data.imageio import read_rgb
 
     images = find_images(args.inputs)  # before any compilation: bad paths fail fast
@@ -562,7 +563,7 @@ def _predict_command(args) -> int:
         entries.append(pictures_for_image(args.out, name, image, predictor(image), 0, loaded.classes))
         print(f"  {path} -> {os.path.join(args.out, name)}_*.png")
     index = vis.write_index(args.out, entries, f"hmsa predict: {loaded.model_name} ({loaded.path})")
-    print(f"wrote {len(entries)} images' pictures; browse {index}")
+    print(f"wrote the pictures of {plural(len(entries), 'image')}; browse {index}")
     return 0
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="converting PyTorch checkpoints needs torch (hmsa_jax[convert])")
+torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra: pip install -e '.[convert]') to write PyTorch checkpoints")
 
 import torch_reference as R  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 from hmsa_jax.convert import cli  # noqa: E402
@@ -20,7 +20,10 @@ from hmsa_jax.convert.torch_reader import CheckpointReadError, read_state_dict  
 from hmsa_jax.models import create_model  # noqa: E402
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
-needs_listings = pytest.mark.skipif(not REFERENCE.is_dir(), reason="needs ../shared/reference beside the checkout")
+NEEDS_REFERENCE = (f"needs {REFERENCE}: the PyTorch reference's state-dict listings "
+                   "(nvidia_*_state_dict.tsv, names and shapes of every tensor), kept in the "
+                   "project's shared folder beside the checkout, not in git")
+needs_listings = pytest.mark.skipif(not REFERENCE.is_dir(), reason=NEEDS_REFERENCE)
 K = 5
 
 
@@ -302,6 +305,25 @@ def test_existing_output_is_not_overwritten_unless_asked(tmp_path, capsys):
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(dict(abstract))
     assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in
                zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(dict(abstract))))
+
+
+def test_stages_show_as_a_progress_bar_on_a_terminal_and_errors_print_on_their_own_line(
+        tmp_path, monkeypatch):
+    from console_helpers import FakeTerminal
+
+    source = R.randomize_(R.tiny_hrnet_ocr_mscale(num_classes=K), seed=6)
+    torch.save(source.state_dict(), tmp_path / "m.pth")
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    args = [str(tmp_path / "m.pth"), "--arch=hrnet_tiny_ocr_mscale", f"--out={tmp_path / 'out'}"]
+    assert cli.main(args) == 0
+    assert "3/3" in terminal.getvalue() and "saving the Orbax checkpoint" in terminal.getvalue()
+    terminal.seek(0), terminal.truncate()
+    assert cli.main(args) == 2
+    written = terminal.getvalue()
+    assert "--overwrite" in written and any(f"{edge}hmsa convert: " in written for edge in "\r\n")
+    terminal.seek(0), terminal.truncate()
+    assert cli.main(args + ["--overwrite", "--quiet"]) == 0 and terminal.getvalue() == ""
 
 
 def test_num_classes_comes_from_the_classifier_else_defaults_to_19():

@@ -30,7 +30,7 @@ def _first(root, pattern):
 def test_good_dataset_passes_and_prints_a_histogram(capsys, cityscapes):
     code, out = _check(capsys, cityscapes)
     assert code == 0, out
-    assert "train (cityscapes train): 3 of 3 records checked, 0 problem(s)" in out
+    assert "train (cityscapes train): 3 of 3 records checked, 0 problems" in out
     assert "eval (cityscapes val): 2 of 2 records checked" in out
     road = next(line for line in out.splitlines() if " road " in line)
     assert int(road.split()[2].replace(",", "")) > 0
@@ -95,6 +95,22 @@ def test_synthetic_default_passes_with_overrides(capsys):
                      "--config.data.synthetic.num_eval=3", "--max_records=5"])
     out = capsys.readouterr().out
     assert code == 0 and "5 of 32 records checked" in out and "3 of 3 records checked" in out
+
+
+def test_max_records_in_either_spelling_and_quiet(capsys):
+    for spelling in ("--max-records=2", "--max_records=2"):
+        code = cli.main(["data-check", f"--config={CONFIGS / 'synthetic_demo.py'}:tiny", spelling, "--quiet",
+                         "--splits=train"])
+        captured = capsys.readouterr()
+        assert code == 0 and "train (synthetic train): 2 of 32 records checked, 0 problems" in captured.out
+        assert captured.err == ""
+
+
+def test_help_lists_the_options(capsys):
+    assert cli.main(["data-check", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--max_records=0", "--splits=train,eval", "--threads=4", "--quiet", "--config=FILE"):
+        assert option in out
 
 
 def test_config_files_and_presets_load():

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from console_helpers import FakeTerminal
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
 
 from hmsa_jax import cli, evaluate, parallel, predict
@@ -73,6 +74,18 @@ def test_every_image_once_same_scores_on_1_and_8_devices(synthetic_run, tmp_path
         label = source.load_label(index)
         np.add.at(recount, (label.ravel(), saved.ravel()), 1)
     np.testing.assert_array_equal(recount, eight.confusion)
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal_unless_quiet(synthetic_run, monkeypatch, capsys):
+    workdir, _ = synthetic_run
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert cli.main(["eval", f"--checkpoint={workdir}", "--scales=1.0"]) == 0
+    assert "eval: 100%" in terminal.getvalue() and "1/1 [" in terminal.getvalue()
+    assert "8 devices, 1 process\n" in capsys.readouterr().out
+    terminal.seek(0), terminal.truncate()
+    assert cli.main(["eval", f"--checkpoint={workdir}", "--scales=1.0", "--quiet"]) == 0
+    assert "eval:" not in terminal.getvalue()
 
 
 def test_cli_prints_table_and_writes_json(synthetic_run, tmp_path, capsys):

@@ -8,6 +8,7 @@ import json
 import pathlib
 import sys
 
+from hmsa_jax.console import progress_bar
 from hmsa_jax.convert.torch_reader import CheckpointReadError, TorchNotInstalledError
 
 DEFAULT_NUM_CLASSES = 19
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to write the JSON report (default: OUT/convert_report.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT directory's checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for variables not loaded")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
     return parser
+
+
+CONVERT_STAGES = ("reading the PyTorch checkpoint", "mapping tensors to model variables", "saving the Orbax checkpoint")
 
 
 def _write_report(path: pathlib.Path, report) -> None:
@@ -51,14 +57,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hmsa convert: --arch: unknown model {args.arch!r}; expected one of "
               f"{', '.join(list_models())} (checked before reading the file)", file=sys.stderr)
         return 2
+    stages = progress_bar(total=len(CONVERT_STAGES), desc=CONVERT_STAGES[0], unit="stage", quiet=args.quiet)
+    try:
+        return _convert(args, stages)
+    finally:
+        stages.close()
+
+
+def _next_stage(stages, done: int) -> None:
+    stages.update(1)
+    if done < len(CONVERT_STAGES):
+        stages.set_description(CONVERT_STAGES[done])
+
+
+def _convert(args, stages) -> int:
+    """The conversion, its errors written above the bar (stages.write) rather than through it."""
     try:
         from hmsa_jax.convert.torch_reader import read_state_dict
         state = read_state_dict(args.input)
     except TorchNotInstalledError as e:
-        print(f"hmsa convert: {e}", file=sys.stderr)
+        stages.write(f"hmsa convert: {e}", file=sys.stderr)
         return 3
     except CheckpointReadError as e:
-        print(f"hmsa convert: {e}", file=sys.stderr)
+        stages.write(f"hmsa convert: {e}", file=sys.stderr)
         return 2
 
     # Heavy imports only once the input is known to be readable.
@@ -66,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     from hmsa_jax.convert.mapping import ConversionError, convert_state_dict, infer_num_classes
     from hmsa_jax.models import create_model
 
+    _next_stage(stages, 1)
     num_classes = args.num_classes or infer_num_classes(state.arrays) or DEFAULT_NUM_CLASSES
     try:
         model = create_model(args.arch, num_classes=num_classes)
     except ValueError as e:
-        print(f"hmsa convert: --arch: {e}", file=sys.stderr)
+        stages.write(f"hmsa convert: --arch: {e}", file=sys.stderr)
         return 2
 
     report_path = args.report or args.out / REPORT_NAME
@@ -78,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         variables, report = convert_state_dict(state.arrays, model, source=str(args.input),
                                                model_name=args.arch, strict=args.strict, seed=args.seed)
     except ConversionError as e:
-        print(f"hmsa convert: {e}", file=sys.stderr)
+        stages.write(f"hmsa convert: {e}", file=sys.stderr)
         if e.report is not None:
             _write_report(report_path, e.report)
-            print(f"hmsa convert: report written to {report_path}; no checkpoint written", file=sys.stderr)
+            stages.write(f"hmsa convert: report written to {report_path}; no checkpoint written", file=sys.stderr)
         return 1
     if state.stripped_prefix:
         report.notes.append("the DDP prefix 'module.' was removed from the keys")
@@ -90,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append(f"{len(state.original_dtypes)} tensors stored as {', '.join(kinds)} "
                             f"were converted (floating point -> float32)")
 
+    _next_stage(stages, 2)
     meta = {"model": args.arch, "num_classes": num_classes, "source": str(args.input.resolve()),
             "source_sha256": file_sha256(args.input), "report": report.to_dict()}
     try:
         out = save_converted(args.out, variables, meta, overwrite=args.overwrite)
     except FileExistsError as e:
-        print(f"hmsa convert: {e}", file=sys.stderr)
+        stages.write(f"hmsa convert: {e}", file=sys.stderr)
         return 2
+    _next_stage(stages, 3)
+    stages.close()  # the report prints below a finished bar
     if args.report is not None:
         _write_report(args.report, report)
     print(report.summary())

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from hmsa_jax.console import plural, progress_bar
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
 
@@ -39,14 +40,17 @@ def _check_record(source, index: int) -> tuple[np.ndarray | None, str | None]:
     return np.bincount(record["label"].ravel(), minlength=256), None
 
 
-def check_source(source, name: str, *, max_records: int = 0, num_threads: int = 4) -> SplitReport:
+def check_source(source, name: str, *, max_records: int = 0, num_threads: int = 4,
+                 quiet: bool = True) -> SplitReport:
+    """`quiet=False`: a progress bar over the records (on a terminal)."""
     report = SplitReport(name, len(source), classes=source.classes)
     if len(source) == 0:
         report.problems.append(f"{name}: empty split")
         return report
     count = len(source) if max_records <= 0 else min(max_records, len(source))
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
-        for counts, problem in pool.map(lambda i: _check_record(source, i), range(count)):
+        checked = pool.map(lambda i: _check_record(source, i), range(count))
+        for counts, problem in progress_bar(checked, total=count, desc=name, unit="record", quiet=quiet):
             report.num_checked += 1
             if problem is not None:
                 report.problems.append(problem)
@@ -76,9 +80,12 @@ def _define_flags(values):
     flags.DEFINE_integer("max_records", 0, "check at most this many records per split (0: all)",
                          flag_values=values)
     flags.DEFINE_integer("threads", 4, "reader threads", flag_values=values)
+    flags.DEFINE_boolean("quiet", False, "no progress bars (none either when stderr is not a terminal)",
+                         flag_values=values)
 
 
-def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_threads: int = 4):
+def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_threads: int = 4,
+               quiet: bool = True):
     from hmsa_jax.data import build
 
     reports = []
@@ -97,15 +104,17 @@ def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_thre
         except DataError as err:
             reports.append(SplitReport(name, problems=[str(err)]))
             continue
-        reports.append(check_source(source, name, max_records=max_records, num_threads=num_threads))
+        reports.append(check_source(source, name, max_records=max_records, num_threads=num_threads,
+                                    quiet=quiet))
     return reports
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.configlib import ConfigError, load_config
+    from hmsa_jax.configlib import ConfigError, flags_help, load_config
 
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
+        print(f"{__doc__}\noptions (--max-records and --max_records both work):\n{flags_help(_define_flags)}\n"
+              f"  --config=FILE[:preset]      the dataset config; --config.data.<key>=<value> overrides")
         return 0
     try:
         config, values = load_config(argv, _define_flags)
@@ -116,11 +125,11 @@ def main(argv: list[str]) -> int:
         print("hmsa data-check: the config has no 'data' section", file=sys.stderr)
         return 2
     reports = run_checks(config.data, tuple(values.splits), max_records=values.max_records,
-                         num_threads=values.threads)
+                         num_threads=values.threads, quiet=values.quiet)
     failed = False
     for report in reports:
         print(f"{report.name}: {report.num_checked} of {report.num_records} records checked, "
-              f"{len(report.problems)} problem(s)")
+              f"{plural(len(report.problems), 'problem')}")
         if report.num_checked:
             print(format_histogram(report))
         for problem in report.problems:

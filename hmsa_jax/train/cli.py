@@ -5,20 +5,27 @@ config it needs no dataset:
 
     hmsa train --config=configs/synthetic_demo.py --workdir=/tmp/hmsa_demo
 
-Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/ and DIR/checkpoints/.
+Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/, DIR/log.txt
+(everything this command prints, with times, appended across resumes), DIR/scores.json and
+DIR/scores.txt (the latest validation's per-class table) and, with checkpoint.init_from,
+DIR/init_from.txt. `hmsa config --config=...` prints a resolved config without training;
+`hmsa plot DIR...` draws the curves of metrics.jsonl.
 
 Multi-host: the same command on every host; the job is joined as config.distributed and the
 environment say (SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
 JAX_PROCESS_ID). --stop_after=N ends this run after N steps with a checkpoint.
 
 Exit status: 0 done (or --stop_after reached); 2 a config, workdir or checkpoint error (e.g.
-no usable checkpoint left after setting damaged ones aside); 75 stopped by
-SIGTERM/SIGINT after saving a checkpoint (run the same command to resume); 1 any other error,
+no usable checkpoint left after setting damaged ones aside); 74 a checkpoint could not be
+written (disk full, no permission: the earlier ones are intact, run the same command again once
+fixed); 75 stopped by SIGTERM/SIGINT after saving a checkpoint (run the same command to resume;
+a signal before the first step ends the process with 143 or 130, saving nothing); 1 any other error,
 e.g. too many non-finite steps in a row or a process of the job that could not be reached.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 CPU_FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
@@ -61,18 +68,41 @@ def _define_flags(values) -> None:
     from absl import flags
 
     flags.DEFINE_string("workdir", None, "run folder: config, metrics, checkpoints", flag_values=values)
-    flags.DEFINE_integer("stop_after", None, "end this run after N steps (with a checkpoint)",
+    flags.DEFINE_integer("stop_after", None, "end this run after N steps (with a checkpoint; --stop-after too)",
                          flag_values=values)
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (resume) later
+WRITE_FAILED_EXIT_CODE = 74  # EX_IOERR: a checkpoint could not be written
+
+
+def help_text(argv: list[str]) -> str:
+    """The module docstring, this command's flags and every config field with its value: the
+    defaults, or those of the --config file (and overrides) when one is given."""
+    from hmsa_jax.configlib import flags_help, format_config_fields, load_config
+    from hmsa_jax.train.config import default_config
+
+    config_args = [a for a in argv if a.startswith("--config")]
+    if any(a.startswith("--config=") for a in config_args):
+        config, _ = load_config(config_args)
+        where = f"values of {' '.join(config_args)}"
+    else:
+        config, where = default_config(), "defaults; configs/*.py files change some"
+    return (f"{__doc__}\noptions:\n{flags_help(_define_flags)}\n\nconfig fields ({where}; set any with "
+            f"--config.<key>=<value>, print a whole config with `hmsa config --config=FILE`):\n"
+            f"{format_config_fields(config)}")
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
     from hmsa_jax.configlib import ConfigError, load_config
+
+    if any(a in ("-h", "--help") for a in argv):
+        try:
+            print(help_text(argv))
+        except ConfigError as error:
+            print(f"hmsa train: {error}", file=sys.stderr)
+            return 2
+        return 0
 
     try:
         config, values = load_config(argv, _define_flags)
@@ -85,6 +115,14 @@ def main(argv: list[str]) -> int:
     except ConfigError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 2
+    from hmsa_jax.train.run_log import RunLog
+
+    with RunLog("hmsa train " + " ".join(argv)) as run_log:
+        return _train_command(config, values, argv, run_log)
+
+
+def _train_command(config, values, argv: list[str], run_log) -> int:
+    """Everything after the config is known; what it prints also goes to the workdir's log."""
     for note in configure_runtime(config.runtime):
         print(note)
     from hmsa_jax import parallel
@@ -103,24 +141,32 @@ def main(argv: list[str]) -> int:
     except parallel.DistributedError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 1
-    if plan is not None:
-        import jax
+    import jax
 
+    from hmsa_jax.console import plural
+    from hmsa_jax.train.run_log import log_file_name
+
+    run_log.attach(os.path.join(values.workdir, log_file_name(jax.process_index())))
+    if plan is not None:
         print(f"hmsa train: process {jax.process_index()} of {jax.process_count()}, "
-              f"{jax.local_device_count()} local / {jax.device_count()} devices", flush=True)
-    from hmsa_jax.checkpoint import CheckpointError
+              f"{jax.local_device_count()} local / {plural(jax.device_count(), 'device')}", flush=True)
+    from hmsa_jax.checkpoint import CheckpointError, CheckpointWriteError
+    from hmsa_jax.configlib import ConfigError
     from hmsa_jax.data.errors import DataError
 
     try:
-        summary = train(config, values.workdir, stop_after=values.stop_after)
+        summary = train(config, values.workdir, stop_after=values.stop_after, record=run_log.record)
     except (CheckpointError, ConfigError, DataError) as error:  # data errors name the file or value; the last
         print(f"hmsa train: {error}", file=sys.stderr)  # checkpoint, if any, is untouched
         return 2
+    except CheckpointWriteError as error:  # one line: the path and the cause
+        print(f"hmsa train: {error}", file=sys.stderr)
+        return WRITE_FAILED_EXIT_CODE
     except Preempted as stop:
         print(format_summary(stop.summary))
         print(f"hmsa train: {stop.signal_name} received: stopped after step {stop.step} and saved "
               f"{stop.checkpoint_dir}. To resume, run the same command again: "
-              f"hmsa train {' '.join(argv)}", file=sys.stderr, flush=True)
+              f"hmsa train {shlex.join(argv)}", file=sys.stderr, flush=True)
         return PREEMPTED_EXIT_CODE
     except NonFiniteError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
@@ -145,11 +191,17 @@ def _check_workdir(workdir: str) -> None:
         raise ConfigError(f"--workdir={workdir}: not writable")
 
 
+def _final_loss(summary: dict) -> str:
+    if summary["steps_this_run"] == 0:
+        return f"- (nothing to train: step {summary['steps']} of {summary['total_steps']} reached before)"
+    return f"{summary['final_loss']:.4f}"
+
+
 def format_summary(summary: dict) -> str:
     lines = ["", "training summary",
              f"  steps            {summary['steps']} / {summary['total_steps']} "
              f"({summary['steps_this_run']} in this run, {summary['seconds']:.0f} s)",
-             f"  final loss       {summary['final_loss']:.4f}"]
+             f"  final loss       {_final_loss(summary)}"]
     if "val_miou" in summary:
         lines.append(f"  val mIoU         {100 * summary['val_miou']:.2f} "
                      f"(best {100 * summary['best_val_miou']:.2f})")

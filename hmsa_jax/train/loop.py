@@ -2,8 +2,10 @@
 
 `train(config, workdir)` resumes from the latest checkpoint in `workdir` when there is one,
 else starts fresh (optionally from `config.checkpoint.init_from`), and returns a summary dict.
-Files in `workdir`: config.json (resolved), metrics.jsonl, tensorboard/ (event files),
-checkpoints/ (see hmsa_jax.checkpoint).
+Files in `workdir`: config.json (resolved), metrics.jsonl, tensorboard/ (event files: scalars,
+per-class IoU, the config as text, validation pictures), scores.json / scores.txt (the latest
+validation), init_from.txt (with checkpoint.init_from), checkpoints/ (see hmsa_jax.checkpoint);
+`hmsa train` adds log.txt (hmsa_jax.train.run_log).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable
@@ -21,10 +24,13 @@ import numpy as np
 
 from hmsa_jax import checkpoint, parallel
 from hmsa_jax.configlib import ConfigError, config_to_dict
+from hmsa_jax.console import is_terminal
 from hmsa_jax.metrics import format_scores, segmentation_scores
 from hmsa_jax.train import step as step_lib
 from hmsa_jax.train.config import validate_config
+from hmsa_jax.train import run_files
 from hmsa_jax.train.optimizer import kernel_only_decay_mask, make_optimizer, poly_schedule
+from hmsa_jax.train.progress import Progress
 from hmsa_jax.train.state import abstract_train_state, create_train_state
 
 # Changing these under an existing workdir would restore a checkpoint into another model.
@@ -189,6 +195,19 @@ class MetricWriter:
             self._tb.add_scalar(key, value, step)
         self._tb.flush()
 
+    def write_tensorboard_scalars(self, step: int, scalars: dict) -> None:
+        """Scalars for TensorBoard only (per-class IoU: too wide for metrics.jsonl)."""
+        if not self.enabled:
+            return
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+            self._tb.flush()
+
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
@@ -205,34 +224,15 @@ def drop_partial_last_line(path: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-class Progress:
-    """A tqdm bar (step, loss, lr, images/s, ETA) or, without a terminal, plain log lines."""
+def class_iou_scalars(scores: dict, class_names) -> dict:
+    """{"val/iou/<class>": IoU} for the classes with a defined IoU."""
+    return {f"val/iou/{name}": float(iou) for name, iou in zip(class_names, scores["iou"])
+            if np.isfinite(iou)}
 
-    def __init__(self, total: int, start: int, enabled: bool, log: Callable[[str], None]):
-        self.log, self.bar = log, None
-        if enabled:
-            from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            smoothing=0.1)
-        self.total = total
-
-    def update(self, step: int, advanced: int, fields: dict) -> None:
-        if self.bar is not None:
-            self.bar.update(advanced)
-            self.bar.set_postfix(fields, refresh=True)
-        else:
-            self.log(f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in fields.items()))
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            self.log(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def config_as_markdown(resolved: dict) -> str:
+    """The resolved config as a Markdown code block (TensorBoard's text tab renders Markdown)."""
+    return "\n".join("    " + line for line in json.dumps(resolved, indent=2).splitlines())
 
 
 def validate(eval_fn, variables, eval_ds, num_batches: int, mesh, max_batches: int = 0) -> np.ndarray:
@@ -249,9 +249,10 @@ def validate(eval_fn, variables, eval_ds, num_batches: int, mesh, max_batches: i
 
 
 def train(config, workdir: str, *, stop_after: int | None = None,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, record: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) training; `stop_after` ends this run after that many steps of it (as a
-    preemption would, with a checkpoint), for tests and time-boxed jobs.
+    preemption would, with a checkpoint), for tests and time-boxed jobs. `record` receives the
+    per-step lines a terminal's progress bar replaces (for the run's log file).
 
     SIGTERM/SIGINT: the current step finishes, a checkpoint is written and `Preempted` is raised
     (all processes stop at the same step). `faults.max_nonfinite_steps` non-finite steps in a
@@ -312,6 +313,8 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                                   opt_state=jax.jit(tx.init, out_shardings=replicated)(
                                       parallel.replicate(variables["params"], mesh)))
             log(report.format())
+            if is_main:
+                run_files.write_init_report(workdir, report.format(max_lines=sys.maxsize))
     if is_main:
         write_json_atomically(os.path.join(workdir, "config.json"), resolved)
 
@@ -329,8 +332,10 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                                          config.validation.fusion)
 
     writer = MetricWriter(workdir, enabled=is_main)
+    writer.write_text("config", config_as_markdown(resolved))
     start_step = int(jax.device_get(state.step))
-    progress = Progress(total_steps, start_step, config.runtime.progress and is_main, log)
+    progress = Progress(total_steps, start_step, config.runtime.progress and is_main and is_terminal(),
+                        log, record)
     meta = lambda step, metrics: {"config": resolved, "model": config.model.name,
                                   "num_classes": num_classes, "class_names": list(classes.names),
                                   "step": step, "metrics": metrics}
@@ -356,6 +361,8 @@ def train(config, workdir: str, *, stop_after: int | None = None,
 
     with StopSignals() as signals:
         try:
+            if step < total_steps:
+                progress.compiling()
             while step < total_steps and (stop_after is None or step - start_step < stop_after):
                 batch = parallel.global_batch(next(iterator), mesh)
                 state, metrics = train_fn(state, batch, dropout_key)
@@ -371,7 +378,7 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                     progress.update(step, step - last_logged,
                                     {"loss": f"{metrics['loss']:.4f}",
                                      "lr": f"{metrics['learning_rate']:.2e}",
-                                     "img/s": f"{images_per_s:.1f}"})
+                                     "img/s": f"{images_per_s:.1f}"}, now - last_time)
                     if metrics["skipped_steps"] > skipped_logged:
                         skipped_logged = int(metrics["skipped_steps"])
                         progress.write(f"step {step}: {skipped_logged} step(s) with a non-finite "
@@ -387,6 +394,10 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                                    "val/pixel_accuracy": last_scores["pixel_accuracy"],
                                    "val/mean_class_accuracy": last_scores["mean_class_accuracy"]}
                     writer.write(step, val_metrics)
+                    writer.write_tensorboard_scalars(step, class_iou_scalars(last_scores, classes.names))
+                    if is_main:
+                        run_files.write_scores(workdir, step, last_scores, classes.names,
+                                               config.validation.scales, config.validation.fusion)
                     best_miou = np.nanmax([best_miou, last_scores["miou"]])
                     progress.write(f"step {step}: val mIoU {100 * last_scores['miou']:.2f} "
                                    f"(pixel acc {100 * last_scores['pixel_accuracy']:.2f})")
@@ -411,6 +422,7 @@ def train(config, workdir: str, *, stop_after: int | None = None,
             latest = manager.latest_step()
             manager.close()
             writer.close()
+            close_iterator(iterator)
     if nonfinite_error is not None:
         raise nonfinite_error
     elapsed = time.perf_counter() - run_start
@@ -428,14 +440,26 @@ def train(config, workdir: str, *, stop_after: int | None = None,
             log(format_scores(last_scores, classes.names))
     if is_main and eval_ds is not None and config.validation.pictures > 0:
         summary["pictures"] = write_validation_pictures(config, model, state, eval_ds, classes, workdir)
+        pictures_to_tensorboard(os.path.dirname(summary["pictures"]), workdir, step)
     return summary
+
+
+def close_iterator(iterator) -> None:
+    """Stop a Grain iterator's prefetch threads now. Left to the garbage collector, an iterator
+    of a pipeline with worker processes can be collected on its own prefetch thread, whose
+    __del__ then tries to join that thread ("RuntimeError: cannot join current thread")."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def write_validation_pictures(config, model, state, eval_ds, classes, workdir: str) -> str:
     """Predictions and per-scale attention of the first validation images; the index page path."""
     from hmsa_jax.predict import write_pictures
 
-    batch = next(iter(eval_ds))
+    iterator = iter(eval_ds)
+    batch = next(iterator)
+    close_iterator(iterator)
     count = min(config.validation.pictures, int(np.sum(batch["valid"])))
     return write_pictures(
         model, jax.device_get(state.variables), batch["image"][:count], classes,
@@ -445,10 +469,26 @@ def write_validation_pictures(config, model, state, eval_ds, classes, workdir: s
         names=[f"val_{int(i)}" for i in batch["index"][:count]])
 
 
+def pictures_to_tensorboard(pictures_dir: str, workdir: str, step: int) -> int:
+    """Every PNG of the validation pictures as a TensorBoard image (tag pictures/<file name>);
+    returns how many. A writer of its own: the run's writer is closed by now."""
+    from PIL import Image
+    from tensorboardX import SummaryWriter
+
+    paths = sorted(p for p in os.listdir(pictures_dir) if p.endswith(".png"))
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as tb:
+        for name in paths:
+            with Image.open(os.path.join(pictures_dir, name)) as picture:
+                pixels = np.asarray(picture.convert("RGB"))
+            tb.add_image(f"pictures/{name[:-len('.png')]}", pixels, step, dataformats="HWC")
+    return len(paths)
+
+
 def _has_attention(model) -> bool:
     return getattr(model, "attention", "none") == "hierarchical"
 
 
 __all__ = ["NonFiniteError", "Preempted", "StopSignals", "agreed_stop", "build_model",
-           "build_optimizer", "check_workdir", "drop_partial_last_line", "train", "validate",
+           "build_optimizer", "check_workdir", "class_iou_scalars", "config_as_markdown",
+           "drop_partial_last_line", "pictures_to_tensorboard", "train", "validate",
            "write_json_atomically"]
