@@ -1,6 +1,6 @@
 """Which scale does each class trust, and how do the fusions compare? (synthetic scenes)
 
-    python benchmarks/attention_study.py --checkpoint=/tmp/hmsa_demo [--out=benchmarks/results]
+    python benchmarks/attention_study.py --checkpoint=/tmp/hmsa_demo [--out=DIR]
 
 On the checkpoint's synthetic validation split (its saved data config), one forward pass at
 0.5x, 1.0x and 2.0x per image gives everything:
@@ -12,7 +12,9 @@ On the checkpoint's synthetic validation split (its saved data config), one forw
     average and max fusion of {0.5, 1.0} and {0.5, 1.0, 2.0}.
 The paper's claim to test: thin structures (pole, traffic_sign, lane_marking) lean on the
 higher scale, large regions (road, sidewalk, sky, building, vegetation) on the lower.
-Prints tables; writes attention_study.json and attention_study.png under --out.
+Prints tables; writes attention_study.json and attention_study.png under --out (default
+runs/attention_study/, ignored by git; the figures the README shows are in benchmarks/results/
+and are replaced only when --out=benchmarks/results says so).
 """
 from __future__ import annotations
 
@@ -188,10 +190,15 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "attention_study")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="/tmp/hmsa_demo")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="output folder (default runs/attention_study; the tracked figures are in "
+                             "benchmarks/results)")
     parser.add_argument("--max-images", type=int, default=0, help="0: the whole val split")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)

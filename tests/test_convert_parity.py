@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="parity with PyTorch needs torch (hmsa_jax[convert])")
+torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra: pip install -e '.[convert]') for the parity checks")
 F = torch.nn.functional
 
 import torch_reference as R  # noqa: E402

@@ -9,9 +9,9 @@ from hmsa_jax import losses
 
 try:
   import torch
-except ImportError:  # torch is in the test extra; without it only the torch comparisons skip.
+except ImportError:  # torch is the `convert` extra; without it only the torch comparisons skip.
   torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (test extra): the independent reference for the losses")
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (the `convert` extra: pip install -e '.[convert]'), the independent reference for the losses")
 F = torch.nn.functional if torch is not None else None
 
 IGNORE = 255

@@ -12,6 +12,9 @@ import hmsa_jax
 from hmsa_jax.models.torch_names import torch_state_shapes
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
+NEEDS_REFERENCE = (f"needs {REFERENCE}: the PyTorch reference's state-dict listings "
+                   "(nvidia_*_state_dict.tsv, names and shapes of every tensor), kept in the "
+                   "project's shared folder beside the checkout, not in git")
 
 
 def abstract_variables(model, hw=(64, 64)):
@@ -38,7 +41,7 @@ def test_resnet50_deeplab_mscale_parameter_count():
     assert counts["total"] == 41_642_560
 
 
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="needs ../shared/reference beside the checkout")
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason=NEEDS_REFERENCE)
 @pytest.mark.parametrize("name,listing", [("hrnet48_ocr_mscale", "nvidia_hrnet_ocr_mscale_state_dict.tsv"),
                                           ("resnet50_deeplabv3plus_mscale", "nvidia_deepv3r50_mscale_state_dict.tsv")])
 def test_variables_map_one_to_one_onto_reference_state_dict(name, listing):

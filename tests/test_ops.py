@@ -46,7 +46,7 @@ def test_resize_matches_pytorch_formula(in_hw, out_hw):
 
 
 def test_resize_matches_torch_when_available():
-    torch = pytest.importorskip("torch", reason="torch is an optional extra; the NumPy reference above covers this")
+    torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra); the NumPy reference above covers this")
     x = np.random.default_rng(1).normal(size=(1, 11, 13, 4)).astype(np.float32)
     for size in [(33, 26), (5, 6), (64, 64)]:
         expected = torch.nn.functional.interpolate(

@@ -12,9 +12,9 @@ from hmsa_jax.train import kernel_only_decay_mask, make_optimizer, poly_schedule
 
 try:
   import torch
-except ImportError:  # torch is in the test extra; without it only the torch comparisons skip.
+except ImportError:  # torch is the `convert` extra; without it only the torch comparisons skip.
   torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (test extra): the independent reference for SGD")
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (the `convert` extra: pip install -e '.[convert]'), the independent reference for SGD")
 
 NUM_STEPS = 6
 TOTAL_STEPS = 10

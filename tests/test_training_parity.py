@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="training parity with PyTorch needs torch (hmsa_jax[convert])")
+torch = pytest.importorskip("torch", reason="needs torch (the `convert` extra: pip install -e '.[convert]') for the training parity checks")
 
 import torch_reference as R  # noqa: E402
 from hmsa_jax.convert.mapping import convert_state_dict  # noqa: E402
