@@ -18,6 +18,9 @@ step (a file missing, truncated or altered, no state/, a restore that fails) is 
 line and moved to `corrupt/<step>` (never deleted), and the next older step is used; a step the
 user named (`--step`, a step folder) is reported, not moved. Steps written before manifests
 existed are restored with a note (and refused if their variables are not finite).
+
+A save that fails for an operating-system reason (disk full, no permission) raises one
+CheckpointWriteError naming the path and the cause; the steps committed before stay intact.
 """
 from __future__ import annotations
 
@@ -59,6 +62,82 @@ class CheckpointError(ValueError):
 
 class DamagedCheckpointError(CheckpointError):
     """A step whose files are not what was saved (or cannot be read back)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission, ...): the steps committed
+    before it are intact, and the same command resumes from them once the cause is fixed."""
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
+_QUOTED_PATH = re.compile(r'(?:Failed writing|local file): "(/[^"]+)"')
+
+
+def _os_cause(error: BaseException) -> tuple[str, str] | None:
+    """(path, reason) of the operating-system failure behind an error (Orbax and TensorStore
+    wrap them in ValueErrors and in exceptions of other threads), else None."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return str(seen.filename or ""), seen.strerror or os.strerror(seen.errno)
+        code = _OS_ERROR_CODE.search(str(seen))
+        if code:
+            paths = _QUOTED_PATH.findall(str(seen))
+            return (paths[-1] if paths else ""), os.strerror(int(code.group(1)))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _write_errors(directory: str, step: int | None = None):
+    """Turn a failed checkpoint write into one CheckpointWriteError naming the path and cause."""
+    try:
+        yield
+    except CheckpointWriteError:
+        raise
+    except Exception as error:  # noqa: BLE001 - only those with an OS cause are translated
+        cause = _os_cause(error)
+        if cause is None:
+            raise
+        path, reason = cause
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        raise CheckpointWriteError(
+            f"{path or directory}: {reason} while writing {what}; the checkpoints committed "
+            f"before it in {directory} are intact: once this is fixed, run the same command "
+            f"again to resume") from None
+
+
+class _OrbaxBackgroundErrors(logging.Filter):
+    """Drops Orbax's error logs (with tracebacks) from its background save threads: the same
+    error is raised to the caller of save / wait_until_finished, which reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_orbax_errors() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxBackgroundErrors) for f in logger.filters):
+        logger.addFilter(_OrbaxBackgroundErrors())
+
+
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, with failed writes reported as CheckpointWriteError (its own save waits
+    for the previous one here) and retired steps deleted on close."""
+
+    wait_after_save = False
+
+    def wait_until_finished(self):
+        with _write_errors(str(self.directory)):
+            return super().wait_until_finished()
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            purge_retired(str(self.directory))
+            with contextlib.suppress(OSError):  # only if empty, and only at the end
+                os.rmdir(os.path.join(str(self.directory), TODELETE_SUBDIR))
 
 
 def _warn(line: str) -> None:
@@ -239,9 +318,13 @@ def make_manager(directory: str, *, max_to_keep: int = 3, keep_best: int = 1,
         preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
         enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
         todelete_subdir=TODELETE_SUBDIR,
-        async_options=ocp.AsyncOptions(post_finalization_callback=manifest_on_commit(directory)))
-    manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA_ITER, META), options=options)
-    manager.hmsa_wait_after_save = not async_save
+        # Created on the caller's thread: an unwritable folder fails the save at once (in a
+        # background thread it left the save waiting 300 s for a TimeoutError).
+        async_options=ocp.AsyncOptions(post_finalization_callback=manifest_on_commit(directory),
+                                       create_directories_asynchronously=False))
+    _quiet_orbax_errors()
+    manager = _Manager(directory, item_names=(STATE, DATA_ITER, META), options=options)
+    manager.wait_after_save = not async_save
     purge_retired(directory)
     return manager
 
@@ -277,9 +360,10 @@ def save(manager: ocp.CheckpointManager, state, data_iterator, meta: dict,
         items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
     ranked = None if metrics is None or BEST_METRIC not in metrics else {
         BEST_METRIC: float(metrics[BEST_METRIC])}
-    saved = manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force)
-    if getattr(manager, "hmsa_wait_after_save", False):
-        manager.wait_until_finished()
+    with _write_errors(str(manager.directory), step):
+        saved = manager.save(step, args=ocp.args.Composite(**items), metrics=ranked, force=force)
+        if getattr(manager, "wait_after_save", False):
+            manager.wait_until_finished()
     return saved
 
 
@@ -524,7 +608,7 @@ def restore_variables(path: str, step: int | None = None, which: str = "latest",
 
 
 __all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CORRUPT_SUBDIR", "CheckpointError",
-           "DamagedCheckpointError", "MANIFEST", "TODELETE_SUBDIR", "attempt", "check_finite",
+           "CheckpointWriteError", "DamagedCheckpointError", "MANIFEST", "TODELETE_SUBDIR", "attempt", "check_finite",
            "inspect_step", "is_step_dir", "load_usable", "make_manager", "manifest_of",
            "purge_retired", "read_meta", "read_variables", "resolve_step_dir", "restore",
            "restore_usable", "restore_variables", "save", "set_aside", "state_tree",

@@ -2,7 +2,9 @@
 before Orbax commits it; a damaged step is reported in one line, moved to corrupt/<step> (never
 deleted) and the next older one used, alike for training's resume and for eval / predict /
 init_from. Small hand-made states (no model) except one `hmsa eval` run on the tiny model."""
+import errno
 import json
+import logging
 import os
 import shutil
 
@@ -281,3 +283,83 @@ def test_hmsa_train_resumes_from_the_newest_sound_step(tmp_path):
         with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint left"):
             train(_train_config(), str(workdir), log=logs.append)
     assert sorted(os.listdir(checkpoints / "corrupt")) == ["2", "3", "3.1", "4"]
+
+
+# ---------------------------------------------------------------- storage faults while saving
+
+def test_a_save_that_runs_out_of_space_is_one_error_and_commits_nothing(tmp_path, monkeypatch, caplog):
+    directory = str(tmp_path / "ckpt")
+    manager = checkpoint.make_manager(directory, max_to_keep=5)
+    checkpoint.save(manager, _state(1), None, {"step": 1})
+    manager.wait_until_finished()
+
+    def disk_full(step_dir):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(step_dir, "hmsa_manifest.json"))
+
+    monkeypatch.setattr(checkpoint, "write_manifest", disk_full)
+    with caplog.at_level(logging.ERROR), pytest.raises(checkpoint.CheckpointWriteError) as info:
+        checkpoint.save(manager, _state(2), None, {"step": 2})
+        manager.wait_until_finished()
+    message = str(info.value)
+    assert "\n" not in message and "No space left on device while writing" in message
+    assert "/2.orbax-checkpoint-tmp" in message and "run the same command again" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no Orbax tracebacks
+    assert checkpoint.step_candidates(directory) == [1]
+    monkeypatch.undo()
+    # Space is back: the same code resumes, the leftover folder is cleaned.
+    manager = checkpoint.make_manager(directory, max_to_keep=5)
+    checkpoint.save(manager, _state(2), None, {"step": 2})
+    manager.close()
+    assert sorted(os.listdir(directory)) == ["1", "2"]
+    assert checkpoint.inspect_step(os.path.join(directory, "2")) == (None, True)
+
+
+def test_the_os_cause_is_found_in_orbax_and_tensorstore_errors():
+    tensorstore = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "opt_state/0" in OCDBT database at local file "/c/3.orbax-'
+        'checkpoint-tmp/state/": Failed writing: "/c/3.orbax-checkpoint-tmp/state/d/ab": Failed to '
+        "write 261847 bytes to file 18: No space left on device [os_error_code='28']")
+    assert checkpoint._os_cause(tensorstore) == ("/c/3.orbax-checkpoint-tmp/state/d/ab",
+                                                 os.strerror(errno.ENOSPC))
+    try:
+        try:
+            raise PermissionError(errno.EACCES, "Permission denied", "/c/4.orbax-checkpoint-tmp")
+        except PermissionError as error:
+            raise RuntimeError("Save Finalize thread failed") from error
+    except RuntimeError as chained:
+        assert checkpoint._os_cause(chained) == ("/c/4.orbax-checkpoint-tmp", "Permission denied")
+    assert checkpoint._os_cause(ValueError("Checkpoint for step 3 already exists.")) is None
+
+
+def test_closing_the_manager_deletes_retired_steps(tmp_path):
+    directory = _run(tmp_path / "ckpt", steps=(1, 2, 3, 4))  # max_to_keep=5: nothing retired
+    manager = checkpoint.make_manager(directory, max_to_keep=1, keep_best=0)
+    checkpoint.save(manager, _state(5), None, {"step": 5})
+    manager.close()
+    assert sorted(os.listdir(directory)) == ["5"]
+
+
+def test_hmsa_train_exit_status_74_and_one_line_when_a_checkpoint_cannot_be_written(
+        tmp_path, monkeypatch, capsys):
+    from hmsa_jax.train import cli as train_cli
+    from hmsa_jax.train import loop
+
+    def cannot_write(*args, **kwargs):
+        raise checkpoint.CheckpointWriteError("/w/checkpoints/3.orbax-checkpoint-tmp: No space left "
+                                              "on device while writing checkpoint step 3; ...")
+
+    monkeypatch.setattr(loop, "train", cannot_write)
+    argv = ["--config=configs/synthetic_demo.py:tiny", f"--workdir={tmp_path / 'w'}"]
+    assert train_cli.main(argv) == train_cli.WRITE_FAILED_EXIT_CODE == 74
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hmsa train: /w/checkpoints/3.orbax-checkpoint-tmp: No space left")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_finished_run_run_again_says_so_instead_of_a_nan_loss():
+    from hmsa_jax.train.cli import format_summary
+
+    text = format_summary({"steps": 30, "total_steps": 30, "steps_this_run": 0, "seconds": 0.0,
+                           "final_loss": float("nan"), "checkpoint": "/w/checkpoints/30",
+                           "workdir": "/w"})
+    assert "nan" not in text and "nothing to train: step 30 of 30 reached before" in text
