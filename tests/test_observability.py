@@ -53,6 +53,7 @@ def test_run_log_copies_finished_lines_with_times_and_restores_the_streams(tmp_p
         sys.stderr.write("\r 10%|#   | 1/10\r 20%|##  | 2/10\n")  # a progress bar's redraws
         run_log.record("file only")
         sys.stdout.write("unfinished")
+        assert sys.stdout.buffer is stdout.buffer and sys.stdout.isatty() == stdout.isatty()
     assert sys.stdout is stdout and sys.stderr is stderr
     lines = (tmp_path / "log.txt").read_text().splitlines()
     assert all(STAMP.match(line) for line in lines)

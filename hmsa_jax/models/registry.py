@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import sys
 from typing import Any, Callable
 
 import jax
@@ -88,10 +89,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--counts", action="store_true", help="also count parameters (slower)")
     args = parser.parse_args(argv)
     width = max(len(n) for n in _MODELS)
+    if args.counts:
+        print(f"counting parameters: each of the {len(_MODELS)} models is traced (seconds per "
+              f"full-size model)", file=sys.stderr, flush=True)
     for name, entry in _MODELS.items():
         line = f"{name:<{width}}  {entry.description}"
         if args.counts:
             total = count_params(create_model(name, num_classes=args.num_classes))["total"]
             line += f"  [{total:,} params]"
-        print(line)
+        print(line, flush=True)  # one line per model as it is counted, also into a pipe
     return 0

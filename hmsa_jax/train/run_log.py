@@ -64,6 +64,11 @@ class _TeeStream(io.TextIOBase):
     def encoding(self):
         return getattr(self._stream, "encoding", "utf-8")
 
+    def __getattr__(self, name):  # buffer, errors, ...: what callers expect of the real stream
+        if name == "_stream":  # not set yet
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
 
 class RunLog:
     """Use as a context manager around a command; `attach(path)` starts the file."""
