@@ -215,6 +215,13 @@ def _manifest_problem(step_dir: str, manifest: dict) -> str | None:
 def inspect_step(step_dir: str) -> tuple[str | None, bool]:
     """(what is wrong with a step folder or None, whether its files were verified against its
     manifest). Without a manifest only the layout is checked."""
+    try:
+        return _inspect_step(step_dir)
+    except OSError as error:  # e.g. another process set the step aside meanwhile
+        return f"unreadable ({error.strerror or error}: {error.filename or step_dir})", False
+
+
+def _inspect_step(step_dir: str) -> tuple[str | None, bool]:
     if not os.listdir(step_dir):
         return "empty folder", False
     if not os.path.isdir(os.path.join(step_dir, STATE)):
@@ -245,8 +252,12 @@ def set_aside(step_dir: str, problem: str, log: Callable[[str], None] = _warn) -
     while os.path.exists(target):
         target, n = os.path.join(corrupt, f"{name}.{n}"), n + 1
     if jax.process_index() == 0:
-        os.makedirs(corrupt, exist_ok=True)
-        os.replace(step_dir, target)
+        try:
+            os.makedirs(corrupt, exist_ok=True)
+            os.replace(step_dir, target)
+        except OSError as error:
+            raise CheckpointError(f"{step_dir}: {problem}; it could not be set aside as {target} "
+                                  f"({error.strerror or error}): move it away by hand") from None
         log(f"hmsa: checkpoint {step_dir}: {problem}; set aside as {target} (not deleted), "
             f"trying the next older checkpoint")
     return target

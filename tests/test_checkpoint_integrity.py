@@ -130,6 +130,20 @@ def test_damaged_newest_step_is_set_aside_and_train_and_eval_take_the_same_older
         assert checkpoint.inspect_step(os.path.join(folder, "1")) == (None, True)
 
 
+def test_a_step_that_vanishes_while_inspected_is_a_problem_not_a_crash(tmp_path):
+    problem, verified = checkpoint.inspect_step(str(tmp_path / "7"))  # set aside by process 0
+    assert problem.startswith("unreadable (No such file or directory") and not verified
+
+
+def test_a_damaged_step_that_cannot_be_moved_is_one_clear_error(tmp_path):
+    directory = _run(tmp_path / "ckpt")
+    _empty(os.path.join(directory, "2"))
+    open(os.path.join(directory, "corrupt"), "w").close()  # a file where the folder would go
+    with pytest.raises(checkpoint.CheckpointError, match=r"/2: .*has 0 bytes.*could not be set "
+                                                         r"aside as .*/corrupt/2 .*move it away"):
+        checkpoint.restore_variables(directory)
+
+
 def test_every_step_carries_a_manifest_of_its_item_files_also_with_synchronous_saves(tmp_path):
     for async_save in (True, False):
         directory = _run(tmp_path / f"async_{async_save}", steps=(3,), async_save=async_save)
