@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-COMPILING = "compiling the training step (the first step; minutes on a CPU)"
+COMPILING = "compiling the first step (minutes on a CPU)"
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
 
@@ -66,7 +66,7 @@ class Progress:
     def update(self, step: int, advanced: int, fields: dict, seconds: float) -> None:
         """`seconds`: training time of these `advanced` steps (validation excluded)."""
         self.timer.add(advanced, seconds)
-        fields = {**fields, "ETA": self.timer.eta(self.total - step)}
+        fields = {"ETA": self.timer.eta(self.total - step), **fields}  # first: a narrow terminal cuts the end
         line = f"step {step}/{self.total} " + " ".join(f"{k}={v}" for k, v in fields.items())
         if self.bar is None:
             self.log(line)
