@@ -107,7 +107,12 @@ def plot_runs(runs: Sequence[str], out: str) -> dict[str, dict]:
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise PlotError(f"--out={out}: folder {directory} does not exist")
-    draw(run_curves, out)
+    if os.path.isdir(out):
+        raise PlotError(f"--out={out}: is a folder; name the PNG file")
+    try:
+        draw(run_curves, out)
+    except OSError as error:
+        raise PlotError(f"--out={out}: cannot write it ({error.strerror or error})") from None
     return run_curves
 
 

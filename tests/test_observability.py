@@ -265,6 +265,10 @@ def test_plot_default_output_and_bad_runs(tmp_path, capsys):
     assert cli.main(["plot", str(tmp_path / "bad")]) == 2
     assert "metrics.jsonl: line 2 is not JSON" in capsys.readouterr().err
     assert read_metrics(str(tmp_path / "a" / "metrics.jsonl"))[0]["step"] == 2
+    for out, message in ((tmp_path, "is a folder"), (tmp_path / "no" / "x.png", "does not exist")):
+        assert cli.main(["plot", str(tmp_path / "a"), f"--out={out}"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out={out}: " in err and message in err and len(err.splitlines()) == 1
 
 
 def test_run_log_stream_keeps_terminal_behaviour():
