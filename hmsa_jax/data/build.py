@@ -16,11 +16,11 @@ from hmsa_jax.data import pipeline, transforms
 from hmsa_jax.data.class_uniform import load_or_compute_centroids
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import ClassTable
-from hmsa_jax.data.sources import (ConcatSource, Source, SyntheticScenes, TfdsSource,
-                                   autolabel_source, cityscapes_source, folder_source,
+from hmsa_jax.data.sources import (ConcatSource, ScaleBenchScenes, Source, SyntheticScenes,
+                                   TfdsSource, autolabel_source, cityscapes_source, folder_source,
                                    mapillary_source)
 
-DATASETS = ("synthetic", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
+DATASETS = ("synthetic", "scale_bench", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
 
 
 def _root(data) -> str:
@@ -36,6 +36,10 @@ def build_source(data, split: str, role: str = "train") -> Source:
         s = data.synthetic
         return SyntheticScenes(s.num_train if role == "train" else s.num_eval, s.height, s.width,
                                s.num_classes, s.seed, split)
+    if name == "scale_bench":
+        s = data.scale_bench
+        return ScaleBenchScenes(s.num_train if role == "train" else s.num_eval, s.height, s.width,
+                                s.seed, split)
     if name == "cityscapes":
         return cityscapes_source(_root(data), split, data.cityscapes.label_kind,
                                  data.cityscapes.label_format)
@@ -126,6 +130,8 @@ def class_table(data) -> ClassTable:
         from hmsa_jax.data.sources.synthetic import synthetic_classes
 
         return synthetic_classes(data.synthetic.num_classes)
+    if data.dataset == "scale_bench":
+        return ScaleBenchScenes.classes
     return build_source(data, data.eval_split, "eval").classes
 
 

@@ -6,7 +6,7 @@ from ml_collections import ConfigDict
 
 def default_data_config() -> ConfigDict:
     c = ConfigDict()
-    # synthetic | cityscapes | cityscapes_tfds | mapillary | folder
+    # synthetic | scale_bench | cityscapes | cityscapes_tfds | mapillary | folder
     c.dataset = "synthetic"
     c.root = ""  # dataset root folder (cityscapes, mapillary, folder)
     c.train_split = "train"  # cityscapes: train, val, test, train_extra, or joined with '+'
@@ -15,6 +15,8 @@ def default_data_config() -> ConfigDict:
 
     c.synthetic = ConfigDict(dict(num_train=512, num_eval=64, height=128, width=256,
                                   num_classes=8, seed=0))
+    # The built-in scale benchmark (hmsa_jax/data/sources/scale_bench.py).
+    c.scale_bench = ConfigDict(dict(num_train=512, num_eval=64, height=128, width=256, seed=0))
     # label_kind fine|coarse|none; label_format labelIds|trainIds (*_labelTrainIds.png)
     c.cityscapes = ConfigDict(dict(label_kind="fine", label_format="labelIds"))
     c.tfds = ConfigDict(dict(name="cityscapes/semantic_segmentation", data_dir="",

@@ -52,6 +52,9 @@ def default_config() -> ConfigDict:
         # At the end of a run, pictures of this many validation images (predictions and
         # per-scale attention, the paper's Figure 3) in <workdir>/pictures/index.html.
         pictures=0, picture_scales=(0.5, 1.0, 2.0),
+        # At the end of a run, the final checkpoint at single scale and with each multi-scale
+        # fusion over {0.5, 1}, {0.5, 1, 2}, {0.25, 0.5, 1, 2} (<workdir>/scale_comparison.md).
+        compare_scales=False,
     ))
     config.distributed = ConfigDict(dict(
         # auto: join a multi-process job when the environment describes one (an explicit

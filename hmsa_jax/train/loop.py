@@ -32,6 +32,7 @@ from hmsa_jax.train import run_files
 from hmsa_jax.train.optimizer import kernel_only_decay_mask, make_optimizer, poly_schedule
 from hmsa_jax.train.progress import Progress
 from hmsa_jax.train.state import abstract_train_state, create_train_state
+from hmsa_jax.train.validation import compare_scales, format_comparison, validate
 
 # Changing these under an existing workdir would restore a checkpoint into another model.
 IDENTITY_KEYS = (("model", "name"), ("model", "num_classes"))
@@ -235,19 +236,6 @@ def config_as_markdown(resolved: dict) -> str:
     return "\n".join("    " + line for line in json.dumps(resolved, indent=2).splitlines())
 
 
-def validate(eval_fn, variables, eval_ds, num_batches: int, mesh, max_batches: int = 0) -> np.ndarray:
-    """The [K, K] confusion matrix over the eval split (or its first max_batches batches)."""
-    confusion = None
-    for index, batch in enumerate(eval_ds):
-        if max_batches and index >= max_batches:
-            break
-        arrays = parallel.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
-        counts = eval_fn(variables, arrays)
-        confusion = counts if confusion is None else confusion + counts
-    # Replicated: every process holds the whole matrix.
-    return np.asarray(confusion.addressable_data(0)).astype(np.int64)
-
-
 def train(config, workdir: str, *, stop_after: int | None = None,
           log: Callable[[str], None] = print, record: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) training; `stop_after` ends this run after that many steps of it (as a
@@ -438,10 +426,29 @@ def train(config, workdir: str, *, stop_after: int | None = None,
         summary["val_miou"] = last_scores["miou"]
         if is_main:
             log(format_scores(last_scores, classes.names))
+    if eval_ds is not None and config.validation.compare_scales:
+        summary["scale_comparison"] = compare_and_report(model, state.variables, eval_ds, num_eval_batches,
+                                                         mesh, num_classes, classes.names, config,
+                                                         workdir if is_main else None, log)
     if is_main and eval_ds is not None and config.validation.pictures > 0:
         summary["pictures"] = write_validation_pictures(config, model, state, eval_ds, classes, workdir)
         pictures_to_tensorboard(os.path.dirname(summary["pictures"]), workdir, step)
     return summary
+
+
+def compare_and_report(model, variables, eval_ds, num_batches, mesh, num_classes, class_names, config,
+                       workdir: str | None, log) -> list[dict]:
+    """The final checkpoint at single scale and each multi-scale fusion; printed and, on the
+    main process, written to <workdir>/scale_comparison.{json,md}."""
+    rows = compare_scales(model, variables, eval_ds, num_batches, mesh, num_classes, class_names,
+                          config.validation.max_batches)
+    if workdir is not None:
+        table = format_comparison(rows)
+        write_json_atomically(os.path.join(workdir, "scale_comparison.json"), rows)
+        with open(os.path.join(workdir, "scale_comparison.md"), "w") as f:
+            f.write(table + "\n")
+        log("The same checkpoint on the validation split, single scale and multi-scale (IoU %):\n" + table)
+    return rows
 
 
 def close_iterator(iterator) -> None:
