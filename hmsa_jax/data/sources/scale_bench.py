@@ -5,7 +5,7 @@ thin wires and small dots drawn over them:
 
 * Large regions that local appearance cannot tell apart. Both classes share one grey texture
   (the same brightness distribution, per region and per pixel); the only difference is the
-  orientation of faint stripes 40-56 px apart (field: about horizontal, water: about
+  orientation of faint stripes 24-40 px apart (field: about horizontal, water: about
   vertical) under stronger fine noise. A window narrower than the period sees no difference:
   the class needs a wide view.
 * Thin and small structures that a downscale destroys. Wires are 3 px wide lines and dots
@@ -41,9 +41,9 @@ _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DESIGN_HEIGHT = 128
 # The two region classes differ only in the orientation of faint, wide stripes (field: about
 # horizontal, water: about vertical) under stronger fine noise.
-STRIPE_PERIOD = (40.0, 56.0)
+STRIPE_PERIOD = (24.0, 40.0)
 STRIPE_TILT = np.pi / 12
-STRIPE_AMPLITUDE = 16.0
+STRIPE_AMPLITUDE = 28.0
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
