@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmsa_jax import input_checks
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
 from hmsa_jax.predict import InferenceError
 
@@ -237,6 +238,8 @@ def _autolabel_command(args) -> int:
     if not 0.0 <= args.threshold < 1.0:
         raise InferenceError(f"--threshold={args.threshold}; expected 0 <= threshold < 1")
     images = find_images([args.images])
+    input_checks.check_out_dir(args.out, [args.images])  # labels among the images: refused
+    input_checks.check_inputs_fit(images, options.scales)  # non-images, scales vs sizes
     cli.configure_runtime()  # this machine's defaults, not the checkpoint's
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     summary = autolabel_images(loaded, images, args.out, options, threshold=args.threshold,

@@ -40,9 +40,19 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
     try:
         values(argv)
         config = values.config
+        if config is not None and not isinstance(config, ConfigDict):
+            raise ConfigError(f"{_config_path(argv)}: get_config() returned a "
+                              f"{type(config).__name__}; expected an ml_collections ConfigDict "
+                              f"(build it on hmsa_jax.train.config.default_config())")
         if config is not None:
             "model" in config  # noqa: B015  (config_flags defers a load failure to first use)
+    except ConfigError:
+        raise
     except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as error:
+        if _lacks_get_config(error, argv):
+            raise ConfigError(f"{_config_path(argv)}: defines no get_config(); expected a Python "
+                              f"file with get_config(arg=None) returning the config, e.g. "
+                              f"configs/synthetic_demo.py") from error
         raised_by_file = _raised_in_config_file(error, argv)
         if raised_by_file is not None:  # e.g. get_config rejecting a preset
             raise ConfigError(_explain_file_error(raised_by_file, argv)) from error
@@ -113,6 +123,11 @@ def _check_config_file(argv: list[str]) -> None:
     if path is not None and not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file (expected a Python file defining "
                           f"get_config, e.g. configs/synthetic_demo.py)")
+    if path is not None and not path.endswith(".py"):
+        kind = f"a {os.path.splitext(path)[1]} file" if os.path.splitext(path)[1] else "a file without extension"
+        raise ConfigError(f"{path}: {kind}; expected a Python config file (.py) defining "
+                          f"get_config(), e.g. configs/synthetic_demo.py (YAML/JSON are not read: "
+                          f"set values with --config.a.b=value overrides)")
 
 
 def _raised_in_config_file(error: Exception, argv: list[str]) -> Exception | None:
@@ -124,6 +139,12 @@ def _raised_in_config_file(error: Exception, argv: list[str]) -> Exception | Non
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _lacks_get_config(error: Exception, argv: list[str]) -> bool:
+    """config_flags' AttributeError for a file without get_config (not one the file raised)."""
+    return (isinstance(error, AttributeError) and "'get_config'" in str(error)
+            and _raised_in_config_file(error, argv) is None)
 
 
 def _explain_file_error(error: Exception, argv: list[str]) -> str:
@@ -147,6 +168,9 @@ def _check_override_keys(argv: list[str]) -> None:
 
     config_args = [a for a in argv if a.startswith("--config=")]
     overrides = [a for a in argv if a.startswith("--config.")]
+    if overrides and not config_args:
+        raise ConfigError(f"{overrides[0]}: an override needs the config it changes; missing "
+                          f"--config=configs/<file>.py[:preset]")
     if not config_args or not overrides:
         return
     path = config_args[-1].split("=", 1)[1]

@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmsa_jax import parallel
+from hmsa_jax import input_checks, parallel
 from hmsa_jax.console import plural, progress_bar
+from hmsa_jax.data.errors import DataError
+from hmsa_jax.data.labels import trainids_read_as_labelids
 from hmsa_jax.metrics import confusion_matrix, format_scores, scores_to_json, segmentation_scores
 from hmsa_jax.predict import InferenceError, InferenceOptions, LoadedModel, make_logits_fn
 
@@ -97,6 +99,18 @@ def prediction_writer(directory: str, source, classes_name: str, padded: bool) -
     return write
 
 
+def _check_sizes(data, source, options: InferenceOptions) -> None:
+    """Every scale fits the images (or windows) before anything compiles; eval images share
+    one size (data.eval.pad_to, else the first record's)."""
+    if len(source) == 0:
+        return
+    pad_to = tuple(int(v) for v in data.eval.pad_to)
+    height, width = pad_to if all(pad_to) else source.load(0)["image"].shape[:2]
+    if options.window is not None:
+        height, width = min(height, options.window[0]), min(width, options.window[1])
+    input_checks.check_scaled_size(f"{data.dataset} {data.eval_split}", height, width, options.scales)
+
+
 def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
              predictions_dir: str | None = None, max_batches: int = 0,
              log: Callable[[str], None] = print, quiet: bool = True) -> EvalResult:
@@ -107,6 +121,7 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(data.eval.batch_size, mesh, "data.eval.batch_size")
     eval_ds, num_batches, source = make_eval_dataset(data)
+    _check_sizes(data, source, options)
     if source.classes.num_classes != loaded.num_classes:
         raise InferenceError(f"{loaded.path}: the checkpoint predicts {loaded.num_classes} classes, "
                              f"dataset {data.dataset!r} has {source.classes.num_classes} "
@@ -140,6 +155,9 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
         raise InferenceError("nothing was evaluated (max_batches or an empty split)")
     # Replicated: every process holds the whole matrix.
     confusion = np.asarray(confusion.addressable_data(0)).astype(np.int64)
+    mixup = trainids_read_as_labelids(confusion.sum(1), getattr(source, "table_name", ""))
+    if mixup is not None:  # the scores would be of the wrong classes
+        raise DataError(f"{data.dataset} {data.eval_split}: {mixup}")
     return EvalResult(segmentation_scores(confusion), confusion, int(counted.addressable_data(0)),
                       len(source), time.perf_counter() - start, tuple(source.classes.names))
 

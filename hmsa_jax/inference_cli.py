@@ -37,6 +37,21 @@ def add_inference_arguments(parser: argparse.ArgumentParser, default_scales: str
                         help="fraction of a window shared with its neighbour (sliding window)")
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="images per call, split over this process's devices (default 0: one "
+                             "per local device); consecutive images of one size share a call")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (there is none either when stderr is not a terminal)")
+
+
+def check_batch_size(batch_size: int) -> None:
+    from hmsa_jax.predict import InferenceError
+
+    if batch_size < 0:
+        raise InferenceError(f"--batch-size={batch_size}; expected 0 (one image per device) or more")
+
+
 def parse_pair(text: str | None, what: str) -> tuple[int, int] | None:
     from hmsa_jax.predict import InferenceError
 
@@ -97,6 +112,6 @@ def run_guarded(prog: str, command: Callable[[], int]) -> int:
         return 2
 
 
-__all__ = ["add_checkpoint_arguments", "add_inference_arguments", "argument_parser",
+__all__ = ["add_batch_arguments", "add_checkpoint_arguments", "check_batch_size", "add_inference_arguments", "argument_parser",
            "configure_runtime", "configure_runtime_for_checkpoint", "inference_options",
            "parse_pair", "run_guarded", "user_errors"]

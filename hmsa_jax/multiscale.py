@@ -11,6 +11,7 @@ scales*, training on two scales suffices and inference can chain any set of scal
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -20,10 +21,14 @@ from hmsa_jax.ops import resize_like
 
 ScaleOutput = dict
 FUSED_KEYS = ("logits", "aux_logits")
+# The largest inference scale accepted: the paper uses 0.25..2.0; memory grows with scale^2, so
+# 8.0 already means 64x the pixels of the image (checked before anything is compiled).
+MAX_SCALE = 8.0
 
 
 def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    """Scales as floats; raises naming the value when one is non-positive, repeated, or 1.0 is absent."""
+    """Scales as floats; raises naming the value when one is non-positive, infinite, above
+    MAX_SCALE, repeated, or 1.0 is absent."""
     try:
         scales = tuple(float(s) for s in scales)
     except (TypeError, ValueError) as e:
@@ -31,6 +36,10 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
     bad = [s for s in scales if not s > 0]
     if bad:
         raise ValueError(f"scales must be positive, got {bad} in {list(scales)}")
+    bad = [s for s in scales if not math.isfinite(s) or s > MAX_SCALE]
+    if bad:
+        raise ValueError(f"scales must be finite and at most {MAX_SCALE:g} (memory grows with "
+                         f"scale squared), got {bad} in {list(scales)}")
     if len(set(scales)) != len(scales):
         raise ValueError(f"scales must not repeat, got {list(scales)}")
     if 1.0 not in scales:

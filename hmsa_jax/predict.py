@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hmsa_jax import checkpoint as checkpoint_lib
-from hmsa_jax import multiscale, ops
+from hmsa_jax import input_checks, multiscale, ops
 from hmsa_jax.data import labels as label_tables
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import ClassTable
@@ -552,6 +552,8 @@ def _predict_command(args) -> int:
 
     images = find_images(args.inputs)  # before any compilation: bad paths fail fast
     options = cli.inference_options(args)
+    input_checks.check_out_dir(args.out, args.inputs)  # else the next run predicts its pictures
+    input_checks.check_inputs_fit(images, options.scales, pictures=True)
     cli.configure_runtime()  # this machine's defaults, not the checkpoint's
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     predictor = Predictor(loaded.model, loaded.variables, loaded.classes, **dataclasses.asdict(options))

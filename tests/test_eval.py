@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from console_helpers import FakeTerminal
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
@@ -220,3 +221,21 @@ def test_checkpoint_of_another_architecture_is_refused(synthetic_run, tmp_path, 
     assert "do not fit model 'hrnet_tiny_ocr_mscale'" in err and "another architecture" in err
     assert cli.main(["eval", f"--checkpoint={tmp_path / 'missing'}"]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
+
+
+def test_show_dir_writes_the_pictures_page_with_ground_truth(synthetic_run, tmp_path, capsys):
+    workdir, config = synthetic_run
+    show = tmp_path / "show"
+    assert cli.main(["eval", f"--checkpoint={workdir}", "--scales=0.5,1.0", "--flip",
+                     f"--show-dir={show}", "--show-max=2"]) == 0
+    assert f"wrote the pictures page {show / 'index.html'}" in capsys.readouterr().out
+    page = (show / "index.html").read_text()
+    source = make_eval_dataset(config.data)[2]
+    for index in range(2):
+        name = source.name(index)
+        truth = np.asarray(Image.open(show / f"{name}_truth.png"))
+        np.testing.assert_array_equal(truth, synthetic_classes(8).colorize(source.load(index)["label"]))
+        assert (show / f"{name}_panel.png").is_file() and f"<h2>{name} <span class=\"score\">mIoU" in page
+    assert not (show / f"{source.name(2)}_panel.png").exists()
+    assert "<th>evaluated</th><td>synthetic val: mIoU" in page and "yes (mean with the mirrored" in page
+    assert cli.main(["eval", f"--checkpoint={workdir}", f"--show-dir={show}", "--show-max=0"]) == 2

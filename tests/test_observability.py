@@ -140,7 +140,7 @@ def test_the_workdir_keeps_a_timed_log_appended_across_resumes(trained):
     texts = [STAMP.sub("", line) for line in lines]
     headers = [t for t in texts if t.startswith("---- hmsa train ")]
     assert len(headers) == 2 and "--stop-after=2" in headers[0]
-    assert "step 2/4 loss=" in "\n".join(texts) and any(t.startswith("resumed from ") for t in texts)
+    assert re.search(r"step 2/4 .*loss=", "\n".join(texts)) and any(t.startswith("resumed from ") for t in texts)
     assert any(t.startswith("step 4: val mIoU") for t in texts)
     assert "training summary" in texts and any(t.startswith("  pictures ") for t in texts)
 
@@ -156,6 +156,15 @@ def test_the_workdir_keeps_the_final_per_class_table(trained):
     text = (trained / "scores.txt").read_text().splitlines()
     assert text[0] == "validation at step 4, scales 1.0" and text[1].split() == ["class", "IoU", "acc"]
     assert text[-3].startswith("mIoU") and f"{100 * report['miou']:.2f}" in text[-3]
+
+
+def test_the_validation_pictures_page_says_what_made_it(trained):
+    page = (trained / "pictures" / "index.html").read_text()
+    assert "hmsa train: validation pictures at step 4" in page
+    assert f"<th>checkpoint</th><td>{trained / 'checkpoints' / '4'}</td>" in page
+    assert "<th>scales</th><td>1x</td>" in page and "<th>fusion</th><td>hierarchical</td>" in page
+    assert "</span>0 road</li>" in page and 'class="score">mIoU' in page  # legend, per-image score
+    assert list((trained / "pictures").glob("val_*_truth.png"))  # the ground truth
 
 
 def test_tensorboard_holds_class_iou_config_and_pictures(trained):

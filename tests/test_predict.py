@@ -149,3 +149,47 @@ def test_write_pictures_for_the_training_demo(predictor, images, tmp_path):
     shown = np.asarray(Image.open(tmp_path / "pics" / "val_0_input.png"))
     assert np.abs(shown.astype(int) - images[0]).max() <= 1  # de-normalised for display
     assert (tmp_path / "pics" / "val_1_panel.png").is_file()
+
+
+def test_predictor_batches_over_the_local_devices(predictor, images):
+    import jax
+
+    assert predictor.batch_size == len(jax.local_devices()) == 8
+    together = predictor(images)  # 3 images: 3 devices, no padding
+    padded = predictor(np.concatenate([images] * 3))  # 9 images: padded to 16, cut back to 9
+    assert padded["labels"].shape == (9, HEIGHT, WIDTH)
+    for k in range(3):
+        alone = predictor(images[k])
+        np.testing.assert_allclose(together["logits"][k], alone["logits"][0], atol=1e-5)
+        np.testing.assert_allclose(padded["logits"][k + 6], alone["logits"][0], atol=1e-5)
+        np.testing.assert_allclose(together["scale_weights"][2.0][k], alone["scale_weights"][2.0][0],
+                                   atol=1e-5)
+
+
+def test_predict_command_shows_a_bar_and_writes_the_page_header(workdir, images, tmp_path, monkeypatch,
+                                                                 capsys):
+    from console_helpers import FakeTerminal
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(3):
+        Image.fromarray(images[k]).save(inputs / f"{k}.png")
+    Image.fromarray(np.zeros((HEIGHT, 2 * WIDTH, 3), np.uint8)).save(inputs / "3_wide.png")
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    out = tmp_path / "out"
+    assert cli.main(["predict", f"--checkpoint={workdir}", str(inputs), f"--out={out}",
+                     "--scales=0.5,1.0", "--batch-size=2"]) == 0
+    assert "predict: 100%" in terminal.getvalue() and "4/4 [" in terminal.getvalue()
+    printed = capsys.readouterr().out
+    assert "batches of 2 images on 8 devices" in printed and printed.count("_*.png") == 4
+    page = (out / "index.html").read_text()
+    assert "<th>step</th><td>7</td>" in page and "<th>scales</th><td>0.5x, 1x</td>" in page
+    assert "<th>flip</th><td>no</td>" in page and "Which scale wins" in page
+    assert Image.open(out / "3_wide_pred.png").size == (2 * WIDTH, HEIGHT)
+    terminal.seek(0), terminal.truncate()
+    assert cli.main(["predict", f"--checkpoint={workdir}", str(inputs), f"--out={out}", "--quiet"]) == 0
+    assert "predict:" not in terminal.getvalue()
+    assert cli.main(["predict", f"--checkpoint={workdir}", str(inputs), f"--out={out}",
+                     "--batch-size=-1"]) == 2
+    assert "--batch-size=-1; expected 0" in terminal.getvalue()

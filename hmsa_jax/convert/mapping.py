@@ -25,6 +25,9 @@ TRUNK_PREFIX = "backbone."
 CLASSIFICATION_ONLY_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
 # The final classifier of each architecture, in torch names: its rows are the classes.
 CLASSIFIER_KEYS = ("ocr.cls_head.weight", "final.6.weight")
+# A conversion must fill at least this share of the model's variables (an ImageNet trunk fills
+# 56-90% of the models here); less means --arch is not the checkpoint's architecture.
+MIN_LOADED_SHARE = 0.25
 INIT_IMAGE_SIZE = (64, 64)  # HRNet's coarsest branch is stride 32: 64 leaves it 2x2
 
 
@@ -197,6 +200,13 @@ def initial_model_variables(model, seed: int = 0) -> dict:
     return lowered.compile(compiler_options=options)(key, images)
 
 
+def loaded_share(report: ConversionReport, slots: Mapping[str, ModelSlot]) -> float:
+    """Share of the model's variables (by element count) that `report` loads."""
+    sizes = {key: int(np.prod(slot.shape)) for key, slot in slots.items()}
+    total = sum(sizes.values())
+    return sum(sizes.get(key, 0) for key in report.loaded) / total if total else 1.0
+
+
 def convert_state_dict(state: Mapping[str, np.ndarray], model, *, source: str, model_name: str,
                        strict: bool = False, seed: int = 0) -> tuple[dict, ConversionReport]:
     """State dict (torch layout, no `module.`) -> (variables {"params", "batch_stats"}, report).
@@ -205,10 +215,18 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model, *, source: str, m
     """
     report = ConversionReport(source=source, model=model_name, num_classes=model.num_classes)
     abstract = abstract_model_variables(model)
-    if strict:  # decide on names and shapes, before any array is copied or initialised
-        trial = ConversionReport(source=source, model=model_name, num_classes=model.num_classes)
-        plan_placement(state, model_slots(abstract), trial)
-        if not trial.full_match:
-            raise ConversionError(f"--strict: not a full match\n{trial.summary()}", trial)
+    # Decide on names and shapes, before any array is copied or initialised.
+    trial = ConversionReport(source=source, model=model_name, num_classes=model.num_classes)
+    slots = model_slots(abstract)
+    plan_placement(state, slots, trial)
+    if strict and not trial.full_match:
+        raise ConversionError(f"--strict: not a full match\n{trial.summary()}", trial)
+    share = loaded_share(trial, slots)
+    if share < MIN_LOADED_SHARE:
+        raise ConversionError(
+            f"{source}: fills {100 * share:.0f}% of model {model_name!r}'s variables "
+            f"({len(trial.loaded)} tensors match by name and shape, {len(trial.skipped)} do not); "
+            f"expected at least {100 * MIN_LOADED_SHARE:.0f}%: is --arch the checkpoint's architecture?",
+            trial)
     variables = place_state_dict(state, abstract, lambda: initial_model_variables(model, seed), report)
     return {k: variables[k] for k in ("params", "batch_stats") if k in variables}, report

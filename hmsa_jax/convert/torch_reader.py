@@ -78,7 +78,9 @@ def load_weights_only(path: str | pathlib.Path) -> Any:
             f"{', '.join(needed)}. Loading it any other way than PyTorch's weights-only loading "
             f"would run that code, with your permissions; it was not loaded. Convert a file that "
             f"holds only tensors (a state dict), from a source you trust") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as e:
+        # torch's restricted unpickler fails on arbitrary bytes with whatever its stack gives
+        # (IndexError on a text file): none of them is a checkpoint
         raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
 
 

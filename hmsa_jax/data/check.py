@@ -17,7 +17,10 @@ import numpy as np
 
 from hmsa_jax.console import plural, progress_bar
 from hmsa_jax.data.errors import DataError
-from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
+from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable, trainids_read_as_labelids
+
+
+SPLIT_ROLES = ("train", "eval", "autolabel")
 
 
 @dataclasses.dataclass
@@ -56,6 +59,9 @@ def check_source(source, name: str, *, max_records: int = 0, num_threads: int = 
                 report.problems.append(problem)
             else:
                 report.histogram += counts
+    mixup = trainids_read_as_labelids(report.histogram, getattr(source, "table_name", ""))
+    if mixup is not None:
+        report.problems.append(f"{name}: {mixup}")
     return report
 
 
@@ -123,6 +129,16 @@ def main(argv: list[str]) -> int:
         return 2
     if "data" not in config:
         print("hmsa data-check: the config has no 'data' section", file=sys.stderr)
+        return 2
+    try:
+        from hmsa_jax.train.config import validate_data_config
+
+        validate_data_config(config.data)
+        unknown = [s for s in values.splits if s not in SPLIT_ROLES]
+        if unknown:
+            raise ConfigError(f"--splits entry {unknown[0]!r}; expected some of {', '.join(SPLIT_ROLES)}")
+    except ConfigError as error:
+        print(f"hmsa data-check: {error}", file=sys.stderr)
         return 2
     reports = run_checks(config.data, tuple(values.splits), max_records=values.max_records,
                          num_threads=values.threads, quiet=values.quiet)

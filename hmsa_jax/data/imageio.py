@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import INVALID_RAW, describe_valid_raw_values
@@ -20,9 +20,44 @@ def _open_fully(path: str) -> Image.Image:
         image.load()  # decodes every byte: a truncated or corrupt file fails here, not later
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except UnidentifiedImageError as error:
+        raise _unidentified(path, error) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable image ({err})") from None
     return image
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding it; DataError if `path` is not
+    an image file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except UnidentifiedImageError as error:
+        raise _unidentified(path, error) from None
+    except OSError as error:
+        raise DataError(f"{path}: unreadable image ({error.strerror or error})") from None
+    return height, width
+
+
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"BM", b"RIFF", b"GIF8", b"II*\x00", b"MM\x00*")
+
+
+def _unidentified(path: str, error: Exception) -> DataError:
+    """A file PIL cannot identify: a damaged image (it has an image's signature) or another
+    kind of file named like an image (text, empty, ...)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(IMAGE_MAGIC):
+        return DataError(f"{path}: unreadable image ({error})")
+    if not head:
+        what = "an empty file"
+    elif all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        what = f"text starting {head.decode('ascii').splitlines()[0][:16]!r}"
+    else:
+        what = f"unknown format, first bytes {head[:8].hex()}"
+    return DataError(f"{path}: not an image file ({what}); expected a PNG/JPEG image, remove or "
+                     f"rename it")
 
 
 def read_rgb(path: str) -> np.ndarray:

@@ -97,6 +97,20 @@ def cityscapes_train_id_lut() -> np.ndarray:
     return identity_lut(19)
 
 
+def trainids_read_as_labelids(train_id_pixels, table_name: str) -> str | None:
+    """What is wrong when Cityscapes labels read as labelIds hold only train ids 0..5, else None.
+
+    `train_id_pixels`: pixels per train id after mapping (at least 19 entries). A *_labelTrainIds
+    file has raw values 0..18 (and 255); read as labelIds those become road..pole (train ids 0..5)
+    or ignore, never vegetation, sky, person, car, ... which real labelIds sets always hold."""
+    pixels = np.asarray(train_id_pixels)
+    if not table_name.endswith("labelIds") or pixels[:19].sum() == 0 or pixels[6:19].sum() > 0:
+        return None
+    return ("every label maps to train ids 0..5 only (no vegetation, sky, person, car, ...): these "
+            "look like trainIds files (values 0..18) read as labelIds; expected labelIds files, or "
+            "set --config.data.cityscapes.label_format=trainIds (data.tfds.label_format for TFDS)")
+
+
 def cityscapes_train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     """Predicted trainIds -> labelIds, the format of the official benchmark submission."""
     back = np.zeros(256, np.uint8)  # ignore -> 0 ('unlabeled')

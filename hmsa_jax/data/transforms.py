@@ -36,6 +36,8 @@ class AugmentConfig:
     normalize: bool = True
 
     def __post_init__(self):
+        if len(self.crop_size) != 2:
+            raise DataError(f"augment.crop_size={self.crop_size}; expected (height, width)")
         h, w = self.crop_size
         if h < 1 or w < 1:
             raise DataError(f"augment.crop_size={self.crop_size}; expected positive (height, width)")

@@ -112,6 +112,7 @@ def main(argv: list[str]) -> int:
         from hmsa_jax.train.config import validate_config
 
         validate_config(config)
+        _check_init_from(config.checkpoint.init_from, values.workdir)
     except ConfigError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 2
@@ -189,6 +190,21 @@ def _check_workdir(workdir: str) -> None:
         raise ConfigError(f"--workdir={workdir}: cannot create it ({error.strerror})") from error
     if not os.access(workdir, os.W_OK):
         raise ConfigError(f"--workdir={workdir}: not writable")
+
+
+def _check_init_from(init_from: str, workdir: str) -> None:
+    """A missing checkpoint.init_from fails before any data or compile, unless the workdir
+    already has checkpoints (a resume never reads init_from)."""
+    from hmsa_jax.checkpoint import CHECKPOINTS_SUBDIR
+    from hmsa_jax.configlib import ConfigError
+
+    if not init_from or os.path.exists(os.path.expanduser(init_from)):
+        return
+    checkpoints = os.path.join(workdir, CHECKPOINTS_SUBDIR)
+    if os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints)):
+        return
+    raise ConfigError(f"config.checkpoint.init_from={init_from!r}: no such checkpoint folder "
+                      f"(expected a training workdir, its checkpoints/ or a step folder)")
 
 
 def _final_loss(summary: dict) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from hmsa_jax.configlib import ConfigError
 from hmsa_jax.data.config import default_data_config
 
 
@@ -89,27 +90,81 @@ def default_config() -> ConfigDict:
     return config
 
 
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config.{key}={value!r}; expected one of {tuple(allowed)}")
+
+
+def _positive(key: str, value, allow_zero=False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config.{key}={value!r}; expected {'>= 0' if allow_zero else '> 0'}")
+
+
+def _within(key: str, value, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"config.{key}={value!r}; expected {low:g}..{high:g}")
+
+
+def _pair(key: str, value, allow_zero: bool = False) -> None:
+    """(height, width): two integers, > 0 (or >= 0 for 'off' pairs like pad_to)."""
+    low = 0 if allow_zero else 1
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low
+                                  for v in value):
+        raise ConfigError(f"config.{key}={tuple(value)!r}; expected two integers (height, width) "
+                          f"{'>= 0' if allow_zero else '> 0'}, e.g. --config.{key}=(128,256)")
+
+
+def validate_data_config(data: ConfigDict) -> None:
+    """The `data` section's names, shapes and ranges, before any file is read (folders are the
+    data sources' to check). Raises ConfigError naming the key."""
+    from hmsa_jax.data.build import DATASETS
+
+    _choice("data.dataset", data.dataset, DATASETS)
+    for key in ("train_split", "eval_split"):
+        if not data[key]:
+            raise ConfigError(f"config.data.{key} is empty; expected a split name, e.g. 'train'")
+    for key in ("synthetic", "scale_bench"):
+        for field in ("num_train", "num_eval", "height", "width"):
+            _positive(f"data.{key}.{field}", data[key][field])
+    augment = data.augment
+    _pair("data.augment.crop_size", augment.crop_size)
+    _pair("data.eval.pad_to", data.eval.pad_to, allow_zero=True)
+    if not 0 < augment.scale_min <= augment.scale_max:
+        raise ConfigError(f"config.data.augment.scale_min={augment.scale_min!r}, scale_max="
+                          f"{augment.scale_max!r}; expected 0 < scale_min <= scale_max")
+    for field in ("flip_prob", "blur_prob"):
+        _within(f"data.augment.{field}", augment[field], 0.0, 1.0)
+    for field in ("brightness", "contrast", "saturation"):
+        _positive(f"data.augment.{field}", augment[field], allow_zero=True)
+    _within("data.augment.hue", augment.hue, 0.0, 0.5)
+    _within("data.class_uniform.fraction", data.class_uniform.fraction, 0.0, 1.0)
+    _positive("data.class_uniform.tile_size", data.class_uniform.tile_size)
+    _within("data.autolabel.probability", data.autolabel.probability, 0.0, 1.0)
+    _positive("data.loader.batch_size", data.loader.batch_size)
+    _positive("data.eval.batch_size", data.eval.batch_size)
+    for key in ("loader.num_workers", "loader.prefetch", "loader.epoch_size", "eval.num_workers",
+                "class_uniform.num_workers"):
+        section, field = key.split(".")
+        _positive(f"data.{key}", data[section][field], allow_zero=True)
+    for key in ("loader.read_threads", "eval.read_threads"):
+        section, field = key.split(".")
+        _positive(f"data.{key}", data[section][field])
+
+
 def validate_config(config: ConfigDict) -> None:
-    """Check values ml_collections' typing cannot: names, choices and ranges. Raises
+    """Check values ml_collections' typing cannot: names, choices, shapes and ranges. Raises
     ConfigError naming the key; called before any data is read or anything is compiled."""
     from hmsa_jax import list_models
-    from hmsa_jax.configlib import ConfigError
     from hmsa_jax.multiscale import FUSIONS
     from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES
 
-    def choice(key: str, value, allowed) -> None:
-        if value not in allowed:
-            raise ConfigError(f"config.{key}={value!r}; expected one of {tuple(allowed)}")
-
-    def positive(key: str, value, allow_zero=False) -> None:
-        if value < 0 or (value == 0 and not allow_zero):
-            raise ConfigError(f"config.{key}={value!r}; expected {'>= 0' if allow_zero else '> 0'}")
-
+    choice, positive = _choice, _positive
     for section in ("data", "model", "train", "optim", "checkpoint", "validation", "distributed",
                     "faults", "runtime"):
         if section not in config:
             raise ConfigError(f"config has no {section!r} section; build configs on "
                               f"hmsa_jax.train.config.default_config()")
+    validate_data_config(config.data)
     choice("model.name", config.model.name, list_models())
     choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
     positive("model.num_classes", config.model.num_classes, allow_zero=True)
@@ -126,6 +181,14 @@ def validate_config(config: ConfigDict) -> None:
     positive("train.num_devices", config.train.num_devices, allow_zero=True)
     choice("optim.decay", config.optim.decay, ("all", "kernels"))
     positive("optim.learning_rate", config.optim.learning_rate)
+    _within("optim.momentum", config.optim.momentum, 0.0, 1.0)
+    for field in ("weight_decay", "poly_power", "warmup_steps", "end_lr", "grad_clip_norm"):
+        positive(f"optim.{field}", config.optim[field], allow_zero=True)
+    for field in ("aux_weight", "scale_supervision_weight"):
+        positive(f"train.{field}", config.train[field], allow_zero=True)
+    _within("train.ignore_label", config.train.ignore_label, 0, 255)
+    positive("validation.pictures", config.validation.pictures, allow_zero=True)
+    positive("validation.max_batches", config.validation.max_batches, allow_zero=True)
     choice("checkpoint.init_which", config.checkpoint.init_which, ("latest", "best"))
     positive("checkpoint.max_to_keep", config.checkpoint.max_to_keep)
     positive("checkpoint.keep_best", config.checkpoint.keep_best, allow_zero=True)
@@ -163,4 +226,4 @@ def _model_attention(name: str) -> str:
     return create_model(name, num_classes=2).attention
 
 
-__all__ = ["default_config", "validate_config"]
+__all__ = ["default_config", "validate_config", "validate_data_config"]

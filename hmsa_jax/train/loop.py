@@ -462,18 +462,25 @@ def close_iterator(iterator) -> None:
 
 def write_validation_pictures(config, model, state, eval_ds, classes, workdir: str) -> str:
     """Predictions and per-scale attention of the first validation images; the index page path."""
-    from hmsa_jax.predict import write_pictures
+    from hmsa_jax.predict import InferenceOptions, picture_header, write_pictures
 
     iterator = iter(eval_ds)
     batch = next(iterator)
     close_iterator(iterator)
     count = min(config.validation.pictures, int(np.sum(batch["valid"])))
+    options = InferenceOptions(tuple(config.validation.picture_scales),
+                               "hierarchical" if _has_attention(model) else "avg")
+    step = int(jax.device_get(state.step))
+    step_dir = os.path.join(workdir, "checkpoints", str(step))
+    header = picture_header(step_dir if os.path.isdir(step_dir) else workdir, step, config.model.name, options)
+    header["pictures of"] = f"the first validation images ({config.data.dataset} {config.data.eval_split})"
     return write_pictures(
         model, jax.device_get(state.variables), batch["image"][:count], classes,
-        os.path.join(workdir, "pictures"), scales=tuple(config.validation.picture_scales),
-        fusion="hierarchical" if _has_attention(model) else "avg",
+        os.path.join(workdir, "pictures"), scales=options.scales, fusion=options.fusion,
         normalized=config.data.augment.normalize,
-        names=[f"val_{int(i)}" for i in batch["index"][:count]])
+        names=[f"val_{int(i)}" for i in batch["index"][:count]],
+        title=f"hmsa train: validation pictures at step {step}", labels=batch["label"][:count],
+        header=header)
 
 
 def pictures_to_tensorboard(pictures_dir: str, workdir: str, step: int) -> int:

@@ -14,6 +14,9 @@ import numpy as np
 from flax import traverse_util
 
 COLLECTIONS = ("params", "batch_stats")
+# init_from must fill at least this share of the model's parameters (an ImageNet trunk fills
+# 56-90% of the segmentation models here): less means a checkpoint of another architecture.
+MIN_LOADED_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -69,15 +72,26 @@ def merge_variables(fresh: dict, pretrained: dict, source: str = "checkpoint") -
 def load_pretrained(fresh: dict, path: str, which: str = "latest") -> tuple[dict, InitReport]:
     """Merge the variables of the checkpoint at `path` (workdir, checkpoints/ or a step
     folder) into `fresh`; see `merge_variables`."""
-    from hmsa_jax.checkpoint import load_usable, read_variables
+    from hmsa_jax.checkpoint import CheckpointError, load_usable, read_variables
 
     # The newest (or best) sound step: damaged ones are set aside as for a resume.
     step_dir, (pretrained, _) = load_usable(path, read_variables, which=which)
     merged, report = merge_variables(fresh, pretrained, source=step_dir)
-    if not report.loaded:
-        raise ValueError(f"{step_dir}: no variable matches this model by name and shape; "
-                         f"is it a checkpoint of a related model?")
+    share = loaded_share(fresh, report)
+    if share < MIN_LOADED_SHARE:
+        raise CheckpointError(
+            f"config.checkpoint.init_from={path}: {step_dir} fills {100 * share:.0f}% of this "
+            f"model's parameters ({len(report.loaded)} variables match by name and shape); expected "
+            f"at least {100 * MIN_LOADED_SHARE:.0f}%: is it a checkpoint of another architecture?")
     return merged, report
+
+
+def loaded_share(fresh: dict, report: InitReport) -> float:
+    """Share of the parameters (by element count, params collection) `report` loaded."""
+    sizes = {f"params/{path}": int(np.size(leaf))
+             for path, leaf in traverse_util.flatten_dict(fresh.get("params", {}), sep="/").items()}
+    total = sum(sizes.values())
+    return sum(sizes.get(name, 0) for name in report.loaded) / total if total else 1.0
 
 
 __all__ = ["InitReport", "load_pretrained", "merge_variables"]

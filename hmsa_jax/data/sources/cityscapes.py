@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 
+from hmsa_jax.data import imageio
 from hmsa_jax.data import labels as label_tables
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.sources.base import PairedFileSource
@@ -50,6 +51,7 @@ def cityscapes_pairs(root: str, split: str, label_kind: str = "fine",
         stem = os.path.basename(image_path)[: -len(IMAGE_SUFFIX)]
         label_path = os.path.join(label_dir, city, stem + suffix)
         if not os.path.isfile(label_path):
+            imageio.image_size(image_path)  # a stray non-image is named as that, not as unlabelled
             raise DataError(f"{label_path}: missing label for image {image_path}")
         pairs.append((image_path, label_path))
     return pairs

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 
+from hmsa_jax.data import imageio
 from hmsa_jax.data import labels as label_tables
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.sources.base import PairedFileSource
@@ -58,6 +59,7 @@ def mapillary_source(root: str, split: str = "train",
         key = os.path.splitext(os.path.basename(image_path))[0]
         label_path = os.path.join(label_dir, key + ".png")
         if not os.path.isfile(label_path):
+            imageio.image_size(image_path)  # a stray non-image is named as that, not as unlabelled
             raise DataError(f"{label_path}: missing label for image {image_path}")
         pairs.append((image_path, label_path))
     classes, lut = mapillary_class_table(root)

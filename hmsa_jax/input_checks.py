@@ -1,0 +1,100 @@
+"""Rules for the inputs of `hmsa predict`, `hmsa autolabel` and `hmsa eval` that depend on the
+images and folders given, checked before a checkpoint is loaded or anything is compiled.
+
+Each rule raises the error type of its kind of mistake, with one line naming the culprit and
+what was expected: InferenceError for a scale that does not fit an image, DataError for a
+file that is not an image, FileExistsError for an output folder that would mix with inputs,
+NotADirectoryError / PermissionError for one that cannot be made.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from hmsa_jax.data.imageio import image_size
+
+# Largest scaled input one image may become (4x the paper's largest: 1024x2048 at 2.0).
+MAX_SCALED_PIXELS = 4 * 1024 * 2048 * 4
+# Pictures (predict) of thinner strips are unreadable and their panels huge.
+MAX_PICTURE_ASPECT = 32
+
+
+def _inference_error(message: str) -> Exception:
+    from hmsa_jax.predict import InferenceError  # predict imports JAX: only when a rule fails
+
+    return InferenceError(message)
+
+
+def check_scaled_size(where: str, height: int, width: int, scales: Sequence[float]) -> None:
+    """Every scale leaves at least one pixel each way and the largest stays under
+    MAX_SCALED_PIXELS (`where` names the image or split)."""
+    for scale in sorted(scales):
+        rows, cols = int(height * scale), int(width * scale)
+        if min(rows, cols) < 1:
+            raise _inference_error(
+                f"{where}: scale {scale:g} makes this {height}x{width} image {rows}x{cols}; expected "
+                f"every scale to leave at least 1 pixel each way (drop {scale:g} or use larger images)")
+    largest = max(scales)
+    pixels = int(height * largest) * int(width * largest)
+    if pixels > MAX_SCALED_PIXELS:
+        raise _inference_error(
+            f"{where}: scale {largest:g} makes this {height}x{width} image "
+            f"{int(height * largest)}x{int(width * largest)} = {pixels / 1e6:.0f} Mpx; expected at most "
+            f"{MAX_SCALED_PIXELS / 1e6:.0f} Mpx per scaled image (use smaller scales or --window)")
+
+
+def check_picture_shape(path: str, height: int, width: int) -> None:
+    """Pictures need an aspect ratio within 1:MAX_PICTURE_ASPECT."""
+    if max(height, width) > MAX_PICTURE_ASPECT * min(height, width):
+        raise _inference_error(
+            f"{path}: a {height}x{width} image (HxW); expected an aspect ratio within 1:"
+            f"{MAX_PICTURE_ASPECT} for pictures (crop it into tiles first)")
+
+
+def check_inputs_fit(images: Sequence[tuple[str, str]], scales: Sequence[float],
+                     pictures: bool = False) -> list[tuple[int, int]]:
+    """Header sizes of every (path, name) image, each checked against the scales (and, for
+    `pictures`, the aspect rule). Returns the sizes."""
+    sizes = []
+    for path, _ in images:
+        height, width = image_size(path)
+        check_scaled_size(path, height, width, scales)
+        if pictures:
+            check_picture_shape(path, height, width)
+        sizes.append((height, width))
+    return sizes
+
+
+def _check_creatable(out_dir: str, option: str) -> None:
+    """`out_dir` is a folder, or can be made: its nearest existing ancestor is a writable folder."""
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "exists" if existing == os.path.abspath(out_dir) else f"is under the file {existing}"
+        raise NotADirectoryError(f"{option}={out_dir} {where} and is not a folder; expected an "
+                                 f"output folder")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{option}={out_dir}: {existing} is not writable; expected an output "
+                              f"folder this user can write")
+
+
+def check_out_dir(out_dir: str, inputs: Sequence[str], option: str = "--out") -> None:
+    """`out_dir` is (or can be made) a writable folder, and is not an input folder nor inside
+    one: the next run would read the outputs as inputs (predict) or outputs would mix with the
+    images (autolabel)."""
+    _check_creatable(out_dir, option)
+    out = os.path.realpath(out_dir)
+    for item in inputs:
+        if not os.path.isdir(item):
+            continue
+        folder = os.path.realpath(item)
+        if out == folder or out.startswith(folder + os.sep):
+            where = "is" if out == folder else "is inside"
+            raise FileExistsError(f"{option}={out_dir} {where} the input folder {item}: outputs would "
+                                  f"mix with the images and be read as inputs next time; expected "
+                                  f"an output folder outside the inputs")
+
+
+__all__ = ["MAX_PICTURE_ASPECT", "MAX_SCALED_PIXELS", "check_inputs_fit", "check_out_dir",
+           "check_picture_shape", "check_scaled_size"]
