@@ -101,8 +101,11 @@ def coverage(labels: np.ndarray, classes: ClassTable) -> dict:
             "per_class": {name: float(counts[k] / total) for k, name in enumerate(classes.names)}}
 
 
-def make_teacher_fn(model, options):
-    """jit(variables, normalised images) -> (max softmax probability, argmax), both [B, H, W]."""
+def make_teacher_fn(model, options, mesh=None):
+    """jit(variables, normalised images) -> (max softmax probability, argmax), both [B, H, W];
+    with `mesh` the batch is split over its "data" axis (variables replicated)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
     from hmsa_jax.predict import make_logits_fn
 
     logits_fn = make_logits_fn(model, options)
@@ -111,7 +114,9 @@ def make_teacher_fn(model, options):
         probabilities = jax.nn.softmax(logits_fn(variables, images), axis=-1)
         return jnp.max(probabilities, -1), jnp.argmax(probabilities, -1).astype(jnp.uint8)
 
-    return jax.jit(teacher)
+    if mesh is None:
+        return jax.jit(teacher)
+    return jax.jit(teacher, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
 
 
 def _done_before(stats_path: str, settings: dict, overwrite: bool) -> dict | None:
@@ -146,19 +151,27 @@ def _refuse_overwriting_inputs(images: Sequence[tuple[str, str]], out_dir: str) 
 
 def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, options, *,
                      threshold: float = 0.9, border: BorderMask | None = None,
-                     overwrite: bool = False, log=print) -> dict:
+                     overwrite: bool = False, log=print, batch_size: int = 0, quiet: bool = True) -> dict:
     """Label `images` [(path, name relative to the images root)]; returns the summary.
 
-    Images an earlier run into `out_dir` labelled with the same settings are kept and counted,
-    so an interrupted run continues where it stopped; other settings are refused unless
-    `overwrite`."""
+    Images go `batch_size` at a time (0: one per local device; consecutive images of one size
+    share a batch) over this process's devices. Images an earlier run into `out_dir` labelled
+    with the same settings are kept and counted, so an interrupted run continues where it
+    stopped; other settings are refused unless `overwrite`. `quiet=False`: a progress bar (on
+    a terminal)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from hmsa_jax.batching import same_size_batches, stack
+    from hmsa_jax.console import progress_bar
     from hmsa_jax.data.imageio import read_rgb, write_png
-    from hmsa_jax.predict import normalize_input
+    from hmsa_jax.predict import local_mesh, normalize_input, pad_batch
 
     if not 0.0 <= threshold < 1.0:
         raise InferenceError(f"threshold={threshold!r}; expected 0 <= threshold < 1")
-    teacher = make_teacher_fn(loaded.model, options)
-    variables = jax.device_put(loaded.variables, jax.local_devices()[0])
+    mesh = local_mesh()
+    devices = mesh.devices.size
+    teacher = make_teacher_fn(loaded.model, options, mesh)
+    variables = jax.device_put(loaded.variables, NamedSharding(mesh, P()))
     settings = {"checkpoint": loaded.path, "model": loaded.model_name, "threshold": threshold,
                 "scales": list(options.scales), "fusion": options.fusion, "flip": options.flip,
                 "window": None if options.window is None else list(options.window),
@@ -167,6 +180,7 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
     mine = images[jax.process_index()::jax.process_count()]
     labelled_pixels = total_pixels = kept = 0
     class_pixels = np.zeros(loaded.num_classes, np.int64)
+    todo = []
     for number, (path, name) in enumerate(mine, 1):
         earlier = _done_before(os.path.join(out_dir, name + ".json"), settings, overwrite)
         if earlier is not None and os.path.isfile(os.path.join(out_dir, name + ".png")):
@@ -176,21 +190,30 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
             labelled_pixels += round(earlier["labelled"] * size)
             total_pixels += size
             kept += 1
-            continue
-        image = read_rgb(path)
-        confidence, argmax = (np.asarray(a)[0] for a in teacher(variables, normalize_input(image)))
-        keep = None if border is None else border.keep(*image.shape[:2])
-        labels = hard_labels(confidence, argmax, threshold, keep)
-        write_png(os.path.join(out_dir, name + ".png"), labels)
-        stats = {"image": os.path.abspath(path), "size": list(labels.shape), **coverage(labels, loaded.classes),
-                 "mean_confidence": float(confidence.mean()), **settings}
-        with open(os.path.join(out_dir, name + ".json"), "w") as f:
-            json.dump(stats, f, indent=1)
-        counts = np.bincount(labels.ravel(), minlength=256)
-        class_pixels += counts[:loaded.num_classes]
-        labelled_pixels += int(labels.size - counts[IGNORE_LABEL])
-        total_pixels += labels.size
-        log(f"[{number}/{len(mine)}] {path}: {100 * stats['labelled']:.1f}% labelled")
+        else:
+            todo.append((number, path, name))
+    bar = progress_bar(total=len(mine), desc="autolabel", unit="image", quiet=quiet)
+    bar.update(kept)
+    say = log if bar.disable else bar.write  # lines above a live bar, not through it
+    for batch in same_size_batches(todo, lambda item: read_rgb(item[1]), batch_size or devices):
+        inputs = pad_batch(normalize_input(stack(batch)), devices)
+        confidences, argmaxes = (np.asarray(a) for a in teacher(variables, inputs))
+        for ((number, path, name), image), confidence, argmax in zip(batch, confidences, argmaxes):
+            keep = None if border is None else border.keep(*image.shape[:2])
+            labels = hard_labels(confidence, argmax, threshold, keep)
+            write_png(os.path.join(out_dir, name + ".png"), labels)
+            stats = {"image": os.path.abspath(path), "size": list(labels.shape),
+                     **coverage(labels, loaded.classes), "mean_confidence": float(confidence.mean()),
+                     **settings}
+            with open(os.path.join(out_dir, name + ".json"), "w") as f:
+                json.dump(stats, f, indent=1)
+            counts = np.bincount(labels.ravel(), minlength=256)
+            class_pixels += counts[:loaded.num_classes]
+            labelled_pixels += int(labels.size - counts[IGNORE_LABEL])
+            total_pixels += labels.size
+            say(f"[{number}/{len(mine)}] {path}: {100 * stats['labelled']:.1f}% labelled")
+        bar.update(len(batch))
+    bar.close()
     if kept:
         log(f"{kept} of {len(mine)} images were labelled by an earlier run with these settings: kept")
     summary = {**settings, "images": len(mine), "kept_from_earlier_run": kept, "pixels": int(total_pixels),
@@ -222,6 +245,7 @@ def main(argv: list[str]) -> int:
                         help="none | cityscapes (rows [15,840), cols [14,2030) of 1024x2048) | "
                              "R0,R1,C0,C1@H,W: the region kept, scaled to each image")
     cli.add_inference_arguments(parser)
+    cli.add_batch_arguments(parser)
     args = parser.parse_args(argv)
     return cli.run_guarded("hmsa autolabel", lambda: _autolabel_command(args))
 
@@ -237,13 +261,15 @@ def _autolabel_command(args) -> int:
     border = parse_border(args.border)
     if not 0.0 <= args.threshold < 1.0:
         raise InferenceError(f"--threshold={args.threshold}; expected 0 <= threshold < 1")
+    cli.check_batch_size(args.batch_size)
     images = find_images([args.images])
     input_checks.check_out_dir(args.out, [args.images])  # labels among the images: refused
     input_checks.check_inputs_fit(images, options.scales)  # non-images, scales vs sizes
     cli.configure_runtime()  # this machine's defaults, not the checkpoint's
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     summary = autolabel_images(loaded, images, args.out, options, threshold=args.threshold,
-                               border=border, overwrite=args.overwrite)
+                               border=border, overwrite=args.overwrite, batch_size=args.batch_size,
+                               quiet=args.quiet)
     print(f"{summary['images']} images, {100 * summary['labelled']:.1f}% of pixels labelled -> {args.out}")
     print(f"train with: --config.data.autolabel.labels_dir={os.path.abspath(args.out)} "
           f"--config.data.autolabel.images_root={os.path.abspath(args.images)}")

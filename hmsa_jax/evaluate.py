@@ -162,6 +162,33 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
                       len(source), time.perf_counter() - start, tuple(source.classes.names))
 
 
+def show_pictures(loaded: LoadedModel, data, options: InferenceOptions, directory: str, *,
+                  max_images: int, header: dict) -> str:
+    """The pictures page (hmsa_jax.predict.write_pictures, with ground truth and per-image mIoU)
+    of the first `max_images` images of the eval split; returns its index.html."""
+    from hmsa_jax.data.build import make_eval_dataset
+    from hmsa_jax.predict import write_pictures
+
+    eval_ds, _, source = make_eval_dataset(data)
+    images, labels, names = [], [], []
+    iterator = iter(eval_ds)
+    for batch in iterator:
+        for image, label, index, valid in zip(batch["image"], batch["label"], batch["index"], batch["valid"]):
+            if valid and len(names) < max_images:
+                images.append(image), labels.append(label), names.append(source.name(int(index)))
+        if len(names) >= max_images:
+            break
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+    # On the host: the pictures use every local device, whatever mesh the scores ran on.
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), loaded.variables)
+    return write_pictures(loaded.model, variables, np.stack(images), loaded.classes, directory,
+                          scales=options.scales, fusion=options.fusion, flip=options.flip,
+                          names=names, normalized=data.augment.normalize, labels=np.stack(labels),
+                          title=f"hmsa eval: {loaded.model_name}", header=header)
+
+
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str]) -> int:
     from hmsa_jax import inference_cli as cli
@@ -179,6 +206,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write one PNG per image (Cityscapes labelIds for Cityscapes)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
+    parser.add_argument("--show-dir", default=None, metavar="DIR",
+                        help="also write the pictures page (DIR/index.html: prediction, ground truth, "
+                             "per-image mIoU, per-scale attention) of the first --show-max images")
+    parser.add_argument("--show-max", type=int, default=20, metavar="N",
+                        help="images on the --show-dir page (default 20)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar (there is none either when stderr is not a terminal)")
     args, rest = parser.parse_known_args(argv)
@@ -213,9 +245,11 @@ def _checkpoint_data_config(meta: dict, checkpoint: str):
 
 def _eval_command(args, config_args: list[str]) -> int:
     from hmsa_jax import inference_cli as cli
-    from hmsa_jax.predict import load_model
+    from hmsa_jax.predict import load_model, picture_header
 
     options = cli.inference_options(args)  # bad scales fail before anything loads
+    if args.show_max < 1:
+        raise InferenceError(f"--show-max={args.show_max}; expected >= 1")
     config = _command_line_config(config_args)
     # Run-time settings (compilation cache, ...) are this machine's: the --config given here, or
     # the defaults; never those a checkpoint was trained with elsewhere.
@@ -252,7 +286,14 @@ def _eval_command(args, config_args: list[str]) -> int:
             with open(path, "w") as f:
                 json.dump(report, f, indent=1)
             say(f"wrote {path}")
+    if args.show_dir and main_process:
+        header = {**picture_header(loaded.path, loaded.meta.get("step"), loaded.model_name, options),
+                  "evaluated": f"{config.data.dataset} {config.data.eval_split}: mIoU "
+                               f"{100 * result.scores['miou']:.2f}% over {result.num_images} images"}
+        index = show_pictures(loaded, config.data, options, args.show_dir, max_images=args.show_max,
+                              header=header)
+        say(f"wrote the pictures page {index}")
     return 0
 
 
-__all__ = ["EvalResult", "evaluate", "local_rows", "make_eval_fn", "prediction_writer"]
+__all__ = ["EvalResult", "evaluate", "local_rows", "make_eval_fn", "prediction_writer", "show_pictures"]

@@ -415,24 +415,41 @@ class Predictor:
                    probabilities=jax.nn.softmax(logits, -1))
         return out
 
+    @property
+    def batch_size(self) -> int:
+        """Images per call that keep every local device busy (one per device)."""
+        return int(self._mesh.devices.size)
+
     def __call__(self, images: np.ndarray, *, normalized: bool = False) -> dict:
         """Predict a batch (or one image). Returns numpy arrays: "logits" [B,H,W,K], "labels"
         [B,H,W], "probabilities" [B,H,W,K]; for whole-image inference also "per_scale"
-        {scale: {"logits", "attention"}} and, for hierarchical fusion, "scale_weights"."""
+        {scale: {"logits", "attention"}} and, for hierarchical fusion, "scale_weights".
+        The batch is split over this process's devices: a batch smaller than their count runs
+        on that many devices; a larger one is padded (with copies of its last image, dropped
+        from the result) to a multiple of their count."""
         batch = normalize_input(images, normalized)
-        devices = self._mesh.devices.size
-        mesh_ok = batch.shape[0] % devices == 0
-        key = mesh_ok
-        if key not in self._jitted:
-            if mesh_ok:
-                sharded = NamedSharding(self._mesh, P("data"))
-                self._jitted[key] = jax.jit(self._forward, in_shardings=(NamedSharding(self._mesh, P()), sharded))
-            else:
-                self._jitted[key] = jax.jit(self._forward)
-        variables = self.variables
-        if not mesh_ok:  # a batch the devices do not divide runs on the first device
-            variables = jax.device_put(variables, jax.local_devices()[0])
-        return jax.tree_util.tree_map(np.asarray, jax.device_get(self._jitted[key](variables, batch)))
+        count = batch.shape[0]
+        devices = min(count, self.batch_size)
+        jitted, variables = self._compiled_for(devices)
+        out = jax.device_get(jitted(variables, pad_batch(batch, devices)))
+        return jax.tree_util.tree_map(lambda a: np.asarray(a)[:count], out)
+
+    def _compiled_for(self, devices: int):
+        """(jitted forward, variables) on a mesh of this process's first `devices` devices."""
+        if devices not in self._jitted:
+            mesh = Mesh(self._mesh.devices[:devices], ("data",), axis_types=(AxisType.Auto,))
+            replicated = NamedSharding(mesh, P())
+            jitted = jax.jit(self._forward, in_shardings=(replicated, NamedSharding(mesh, P("data"))))
+            self._jitted[devices] = (jitted, jax.device_put(self.variables, replicated))
+        return self._jitted[devices]
+
+
+def pad_batch(batch: np.ndarray, multiple: int) -> np.ndarray:
+    """`batch` with copies of its last row appended up to a multiple of `multiple` rows."""
+    missing = -batch.shape[0] % multiple
+    if not missing:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -461,8 +478,9 @@ def find_images(inputs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def pictures_for_image(out_dir: str, name: str, image: np.ndarray, prediction: dict, index: int,
-                       classes: ClassTable) -> dict:
-    """Write one image's pictures (from a Predictor output, row `index`); returns its index entry."""
+                       classes: ClassTable, label: np.ndarray | None = None) -> dict:
+    """Write one image's pictures (from a Predictor output, row `index`; `label`: its ground
+    truth train ids, if known); returns its index entry."""
     from hmsa_jax import visualize as vis
 
     height, width = image.shape[:2]
@@ -470,9 +488,16 @@ def pictures_for_image(out_dir: str, name: str, image: np.ndarray, prediction: d
     rel = lambda p: os.path.relpath(p, out_dir)
     labels = prediction["labels"][index]
     colors = vis.colorize(labels, classes)
-    pictures = [("input", vis.save_png(path("input"), image)),
-                ("prediction", vis.save_png(path("pred"), colors)),
-                ("overlay", vis.save_png(path("overlay"), vis.overlay(image, colors)))]
+    pictures = [("input", vis.save_png(path("input"), image))]
+    truth_colors, scores, shown_ids = None, None, set(np.unique(labels).tolist())
+    if label is not None:
+        label = np.asarray(label)
+        truth_colors = vis.colorize(label, classes)
+        pictures.append(("ground truth", vis.save_png(path("truth"), truth_colors)))
+        scores = vis.image_scores(labels, label, classes.num_classes)
+        shown_ids |= set(np.unique(label).tolist())
+    pictures += [("prediction", vis.save_png(path("pred"), colors)),
+                 ("overlay", vis.save_png(path("overlay"), vis.overlay(image, colors)))]
     vis.save_png(path("labels"), labels.astype(np.uint8))  # train ids, for tools
     per_scale = prediction.get("per_scale", {})
     scale_colors, attention = {}, {}
@@ -484,15 +509,30 @@ def pictures_for_image(out_dir: str, name: str, image: np.ndarray, prediction: d
             attention[s] = vis.resize_map(per_scale[s]["attention"][index], (height, width))
             pictures.append((f"attention at {s:g}x",
                              vis.save_png(path(f"scale{s:g}_attention"), vis.heatmap(attention[s]))))
-    weights = None
+    weights, shares = None, None
     if "scale_weights" in prediction:
         weights = {s: w[index] for s, w in prediction["scale_weights"].items()}
         trust, _ = vis.trust_map(weights)
-        pictures.append(("most trusted scale", vis.save_png(path("trust"), trust)))
+        shares = vis.scale_shares(weights)
+        pictures.append(("which scale wins", vis.save_png(path("trust"), trust)))
+    panel = None
     if per_scale:
-        pictures.insert(0, ("panel", vis.figure_panel(path("panel"), image, colors, scale_colors,
-                                                      attention, weights, title=name)))
-    return {"name": name, "pictures": [(caption, rel(p)) for caption, p in pictures]}
+        named = [(classes.names[k], classes.colors[k]) for k in sorted(shown_ids) if k < classes.num_classes]
+        title = name if scores is None else f"{name}: mIoU {100 * scores['miou']:.1f}%"
+        panel = vis.figure_panel(path("panel"), image, colors, scale_colors, attention, weights,
+                                 title=title, ground_truth_colors=truth_colors, legend_classes=named)
+        pictures.insert(0, ("panel", panel))
+    return {"name": name, "pictures": [(caption, rel(p)) for caption, p in pictures],
+            "panel": None if panel is None else rel(panel), "scores": scores, "scale_shares": shares}
+
+
+def picture_header(checkpoint: str, step, model_name: str, options: "InferenceOptions") -> dict:
+    """What made a pictures page: the index's header rows."""
+    return {"checkpoint": checkpoint, "step": "-" if step is None else step, "model": model_name,
+            "scales": ", ".join(f"{s:g}x" for s in options.scales), "fusion": options.fusion,
+            "flip": "yes (mean with the mirrored image)" if options.flip else "no",
+            "inference": "whole images" if options.window is None else
+            f"sliding windows of {options.window[0]}x{options.window[1]}"}
 
 
 def _display_images(images: np.ndarray, normalized: bool) -> np.ndarray:
@@ -511,10 +551,13 @@ def _display_images(images: np.ndarray, normalized: bool) -> np.ndarray:
 def write_pictures(model, variables: dict, images: np.ndarray, classes: ClassTable, out_dir: str, *,
                    scales: Sequence[float] = DEFAULT_SCALES, fusion: str = "hierarchical",
                    flip: bool = False, names: Sequence[str] | None = None, normalized: bool = False,
-                   title: str = "hmsa predictions") -> str:
+                   title: str = "hmsa predictions", labels: np.ndarray | None = None,
+                   header: dict | None = None) -> str:
     """Pictures of a few images (predictions, overlays, per-scale predictions and attention,
-    a Figure-3 panel each) and out_dir/index.html; returns the index path. `images`: uint8
-    or [0, 1] RGB, or normalised float (an eval batch's "image") with normalized=True."""
+    a Figure-3 panel each; ground truth and per-image mIoU when `labels` [B, H, W] are given)
+    and out_dir/index.html with `header` (what made them) and colour legends; returns the index
+    path. `images`: uint8 or [0, 1] RGB, or normalised float (an eval batch's "image") with
+    normalized=True."""
     from hmsa_jax import visualize as vis
 
     predictor = Predictor(model, variables, classes, scales=scales, fusion=fusion, flip=flip)
@@ -522,12 +565,16 @@ def write_pictures(model, variables: dict, images: np.ndarray, classes: ClassTab
     names = list(names) if names is not None else [f"image{k:03d}" for k in range(len(display))]
     if len(names) != len(display):
         raise InferenceError(f"write_pictures: {len(names)} names for {len(display)} images")
+    source = np.asarray(images) if np.asarray(images).ndim == 4 else np.asarray(images)[None]
     entries = []
-    for k, image in enumerate(display):  # one at a time: images may differ in size
-        source = np.asarray(images)[k] if np.asarray(images).ndim == 4 else images
-        prediction = predictor(source, normalized=normalized)
-        entries.append(pictures_for_image(out_dir, names[k], image, prediction, 0, classes))
-    return vis.write_index(out_dir, entries, title)
+    for start in range(0, len(display), predictor.batch_size):  # all local devices at once
+        prediction = predictor(source[start:start + predictor.batch_size], normalized=normalized)
+        for row in range(len(prediction["labels"])):
+            k = start + row
+            entries.append(pictures_for_image(out_dir, names[k], display[k], prediction, row, classes,
+                                              None if labels is None else labels[k]))
+    return vis.write_index(out_dir, entries, title, header=header, classes=classes,
+                           scales=predictor.options.scales if "scale_weights" in prediction else None)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -540,6 +587,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     cli.add_checkpoint_arguments(parser)
     cli.add_inference_arguments(parser)
+    cli.add_batch_arguments(parser)
     args = parser.parse_args(argv)
     return cli.run_guarded("hmsa predict", lambda: _predict_command(args))
 
@@ -547,9 +595,11 @@ def main(argv: list[str]) -> int:
 def _predict_command(args) -> int:
     from hmsa_jax import inference_cli as cli
     from hmsa_jax import visualize as vis
-    from hmsa_jax.console import plural
+    from hmsa_jax.batching import same_size_batches, stack
+    from hmsa_jax.console import plural, progress_bar
     from hmsa_jax.data.imageio import read_rgb
 
+    cli.check_batch_size(args.batch_size)
     images = find_images(args.inputs)  # before any compilation: bad paths fail fast
     options = cli.inference_options(args)
     input_checks.check_out_dir(args.out, args.inputs)  # else the next run predicts its pictures
@@ -557,19 +607,29 @@ def _predict_command(args) -> int:
     cli.configure_runtime()  # this machine's defaults, not the checkpoint's
     loaded = load_model(args.checkpoint, step=args.step, which=args.which)
     predictor = Predictor(loaded.model, loaded.variables, loaded.classes, **dataclasses.asdict(options))
+    batch_size = args.batch_size or predictor.batch_size
     print(f"{loaded.path}: {loaded.model_name}, {loaded.num_classes} classes; scales "
-          f"{list(options.scales)}, fusion {options.fusion}{', flip' if options.flip else ''}")
+          f"{list(options.scales)}, fusion {options.fusion}{', flip' if options.flip else ''}; "
+          f"batches of {plural(batch_size, 'image')} on {plural(predictor.batch_size, 'device')}")
     entries = []
-    for path, name in images:
-        image = read_rgb(path)
-        entries.append(pictures_for_image(args.out, name, image, predictor(image), 0, loaded.classes))
-        print(f"  {path} -> {os.path.join(args.out, name)}_*.png")
-    index = vis.write_index(args.out, entries, f"hmsa predict: {loaded.model_name} ({loaded.path})")
+    bar = progress_bar(total=len(images), desc="predict", unit="image", quiet=args.quiet)
+    for batch in same_size_batches(images, lambda item: read_rgb(item[0]), batch_size):
+        prediction = predictor(stack(batch))
+        for row, ((path, name), image) in enumerate(batch):
+            entries.append(pictures_for_image(args.out, name, image, prediction, row, loaded.classes))
+            bar.write(f"  {path} -> {os.path.join(args.out, name)}_*.png")
+        bar.update(len(batch))
+    bar.close()
+    header = picture_header(loaded.path, loaded.meta.get("step"), loaded.model_name, options)
+    index = vis.write_index(args.out, entries, f"hmsa predict: {loaded.model_name}", header=header,
+                            classes=loaded.classes,
+                            scales=options.scales if any(e["scale_shares"] for e in entries) else None)
     print(f"wrote the pictures of {plural(len(entries), 'image')}; browse {index}")
     return 0
 
 
 __all__ = ["DEFAULT_SCALES", "InferenceError", "InferenceOptions", "LoadedModel", "Predictor",
            "check_fusion", "class_table_for", "find_images", "fused_logits", "load_model",
-           "make_logits_fn", "normalize_input", "parse_scales", "resolve_checkpoint", "scale_weights",
-           "sliding_window", "window_starts", "write_pictures"]
+           "make_logits_fn", "normalize_input", "pad_batch", "parse_scales", "picture_header",
+           "pictures_for_image", "resolve_checkpoint", "scale_weights", "sliding_window", "window_starts",
+           "write_pictures"]

@@ -144,3 +144,21 @@ def test_labels_never_overwrite_the_input_images(labelled, tmp_path, capsys):
     assert cli.main(["autolabel", f"--checkpoint={workdir}", f"--images={images}", f"--out={images}"]) == 2
     assert "is the input folder" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in images.rglob("*.png")} == before
+
+
+def test_batches_over_devices_with_a_progress_bar(labelled, tmp_path, monkeypatch, capsys):
+    from console_helpers import FakeTerminal
+
+    workdir, images_root, out, paths, _ = labelled
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    again = tmp_path / "labels"
+    assert cli.main(["autolabel", f"--checkpoint={workdir}", f"--images={images_root}", f"--out={again}",
+                     "--threshold=0.5", "--border=2,30,1,60@32,64", "--scales=0.5,1.0,2.0", "--flip",
+                     "--batch-size=2"]) == 0
+    assert "autolabel: 100%" in terminal.getvalue() and "3/3 [" in terminal.getvalue()
+    assert capsys.readouterr().out.count("% labelled\n") == 3  # one line per image
+    for path in paths:  # batches of 2 (then 1, padded) give the labels of the 8-device first run
+        relative = path.relative_to(images_root).with_suffix(".png")
+        np.testing.assert_array_equal(np.asarray(Image.open(again / relative)),
+                                      np.asarray(Image.open(out / relative)))
