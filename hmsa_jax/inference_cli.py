@@ -26,7 +26,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser, default_scales: str = "0.5,1.0,2.0") -> None:
     parser.add_argument("--scales", default=default_scales,
-                        help=f"comma-separated inference scales containing 1.0 (default {default_scales})")
+                        help=f"comma-separated inference scales (default {default_scales}); hierarchical "
+                             f"fusion needs 1.0 among them, avg and max take any (output at the input's size)")
     parser.add_argument("--fusion", choices=FUSION_CHOICES, default="hierarchical",
                         help="hierarchical attention (the paper), or the avg / max baselines")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image's logits")
@@ -67,7 +68,7 @@ def parse_pair(text: str | None, what: str) -> tuple[int, int] | None:
 def inference_options(args):
     from hmsa_jax.predict import InferenceOptions, parse_scales
 
-    return InferenceOptions(parse_scales(args.scales), args.fusion, args.flip,
+    return InferenceOptions(parse_scales(args.scales, args.fusion), args.fusion, args.flip,
                             parse_pair(args.window, "--window"), args.overlap)
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from hmsa_jax.ops import resize_like
+from hmsa_jax.ops import resize_bilinear, resize_like
 
 ScaleOutput = dict
 FUSED_KEYS = ("logits", "aux_logits")
@@ -26,9 +26,9 @@ FUSED_KEYS = ("logits", "aux_logits")
 MAX_SCALE = 8.0
 
 
-def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
+def validate_scales(scales: Sequence[float], require_one: bool = True) -> tuple[float, ...]:
     """Scales as floats; raises naming the value when one is non-positive, infinite, above
-    MAX_SCALE, repeated, or 1.0 is absent."""
+    MAX_SCALE, repeated, or (`require_one`: hierarchical fusion) 1.0 is absent."""
     try:
         scales = tuple(float(s) for s in scales)
     except (TypeError, ValueError) as e:
@@ -42,8 +42,11 @@ def validate_scales(scales: Sequence[float]) -> tuple[float, ...]:
                          f"scale squared), got {bad} in {list(scales)}")
     if len(set(scales)) != len(scales):
         raise ValueError(f"scales must not repeat, got {list(scales)}")
-    if 1.0 not in scales:
-        raise ValueError(f"scales must contain 1.0 (the output resolution), got {list(scales)}")
+    if require_one and 1.0 not in scales:
+        raise ValueError(f"scales must contain 1.0 for hierarchical fusion, got {list(scales)}: "
+                         f"each scale's attention weighs it against the next larger scale up to "
+                         f"1.0x, as trained (lo_scale against 1.0x), and the fused result is the "
+                         f"1.0x prediction refined; avg and max fusion take any scales")
     return scales
 
 
@@ -90,20 +93,22 @@ def hierarchical_fuse(per_scale: Mapping[float, ScaleOutput]) -> dict:
     return fuse_largest(len(scales))
 
 
-def _pool(per_scale: Mapping[float, ScaleOutput], reduce: Callable) -> dict:
-    target = per_scale[1.0]["logits"]
-    stacked = jnp.stack([resize_like(out["logits"], target) for out in per_scale.values()])
+def _pool(per_scale: Mapping[float, ScaleOutput], reduce: Callable, size: tuple[int, int] | None) -> dict:
+    if size is None:
+        size = per_scale[1.0]["logits"].shape[1:3]
+    stacked = jnp.stack([resize_bilinear(out["logits"], size) for out in per_scale.values()])
     return {"logits": reduce(stacked, axis=0), "aux_logits": None}
 
 
-def average_fuse(per_scale: Mapping[float, ScaleOutput]) -> dict:
-    """Baseline: mean of the per-scale logits, each resized to the 1.0 size."""
-    return _pool(per_scale, jnp.mean)
+def average_fuse(per_scale: Mapping[float, ScaleOutput], size: tuple[int, int] | None = None) -> dict:
+    """Baseline: mean of the per-scale logits, each resized to `size` (the input's size; None:
+    the 1.0 scale's size, which is the same). Any scales, 1.0 or not."""
+    return _pool(per_scale, jnp.mean, size)
 
 
-def max_fuse(per_scale: Mapping[float, ScaleOutput]) -> dict:
-    """Baseline: element-wise max of the per-scale logits, each resized to the 1.0 size."""
-    return _pool(per_scale, jnp.max)
+def max_fuse(per_scale: Mapping[float, ScaleOutput], size: tuple[int, int] | None = None) -> dict:
+    """Baseline: element-wise max of the per-scale logits, each resized to `size` (as average_fuse)."""
+    return _pool(per_scale, jnp.max, size)
 
 
 def explicit_fuse(per_scale: Mapping[float, ScaleOutput], weights: jax.Array,

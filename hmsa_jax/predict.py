@@ -227,15 +227,16 @@ def local_mesh() -> Mesh:
     return Mesh(np.asarray(jax.local_devices()), ("data",), axis_types=(AxisType.Auto,))
 
 
-def parse_scales(scales: Sequence[float] | str) -> tuple[float, ...]:
-    """"0.5,1.0,2.0" or a sequence -> validated, ascending tuple; InferenceError naming the value."""
+def parse_scales(scales: Sequence[float] | str, fusion: str = "hierarchical") -> tuple[float, ...]:
+    """"0.5,1.0,2.0" or a sequence -> validated, ascending tuple; InferenceError naming the value.
+    Hierarchical fusion needs 1.0 among them; avg and max take any (output at the input's size)."""
     if isinstance(scales, str):
         try:
             scales = [float(s) for s in scales.split(",") if s.strip()]
         except ValueError:
             raise InferenceError(f"scales={scales!r}: expected comma-separated numbers, e.g. 0.5,1.0,2.0") from None
     try:
-        return tuple(sorted(multiscale.validate_scales(scales)))
+        return tuple(sorted(multiscale.validate_scales(scales, require_one=fusion == "hierarchical")))
     except ValueError as error:
         raise InferenceError(f"scales: {error}") from None
 
@@ -307,7 +308,7 @@ class InferenceOptions:
     overlap: float = 1 / 3
 
     def __post_init__(self):
-        object.__setattr__(self, "scales", parse_scales(self.scales))
+        object.__setattr__(self, "scales", parse_scales(self.scales, self.fusion))
         if self.window is not None:
             window = tuple(int(v) for v in self.window)
             if len(window) != 2 or min(window) < 1:
@@ -380,7 +381,7 @@ class Predictor:
         self.model, self.variables = model, variables
         self.classes = classes or ClassTable("model", tuple(f"class_{k}" for k in range(model.num_classes)),
                                              _hue_colors(model.num_classes))
-        self.options = InferenceOptions(parse_scales(scales), fusion, flip, window, overlap)
+        self.options = InferenceOptions(parse_scales(scales, fusion), fusion, flip, window, overlap)
         self._logits = make_logits_fn(model, self.options)
         self._mesh = local_mesh()
         self._jitted = {}

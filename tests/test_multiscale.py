@@ -96,6 +96,36 @@ def test_average_and_max_baselines():
     np.testing.assert_allclose(np.asarray(multiscale.max_fuse(per_scale)["logits"]), resized.max(0), atol=1e-5)
 
 
+def test_average_and_max_take_scales_without_one_at_the_input_size():
+    rng = np.random.default_rng(7)
+    outs = {s: scale_output(rng, s) for s in (0.5, 1.5, 2.0)}
+    like = np.zeros((1, H, W, K))
+    resized = np.stack([resize_np(o["logits"], like) for o in outs.values()])
+    per_scale = {s: as_jax(o) for s, o in outs.items()}
+    average = np.asarray(multiscale.average_fuse(per_scale, size=(H, W))["logits"])
+    assert average.shape == (1, H, W, K)
+    np.testing.assert_allclose(average, resized.mean(0), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(multiscale.max_fuse(per_scale, size=(H, W))["logits"]),
+                               resized.max(0), atol=1e-5)
+    assert multiscale.validate_scales((0.5, 2.0), require_one=False) == (0.5, 2.0)
+    with pytest.raises(ValueError, match="must contain 1.0 for hierarchical fusion.*avg and max"):
+        multiscale.validate_scales((0.5, 2.0))
+
+
+def test_model_avg_fusion_without_one_returns_the_input_size():
+    import jax
+
+    from hmsa_jax import create_model
+
+    model = create_model("resnet_tiny_deeplabv3plus_mscale", num_classes=3)
+    images = jnp.zeros((1, 32, 48, 3))
+    variables = jax.jit(lambda k: model.init(k, images, train=False))(jax.random.key(0))
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False, scales=(0.5, 2.0), fusion="avg"))(variables, images)
+    assert out["logits"].shape == (1, 32, 48, 3) and sorted(out["per_scale"]) == [0.5, 2.0]
+    with pytest.raises(ValueError, match="must contain 1.0 for hierarchical"):
+        model.apply(variables, images, train=False, scales=(0.5, 2.0), fusion="hierarchical")
+
+
 def test_explicit_fuse_weights_each_scale():
     rng = np.random.default_rng(7)
     scales = (0.5, 1.0, 2.0)

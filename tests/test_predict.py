@@ -193,3 +193,16 @@ def test_predict_command_shows_a_bar_and_writes_the_page_header(workdir, images,
     assert cli.main(["predict", f"--checkpoint={workdir}", str(inputs), f"--out={out}",
                      "--batch-size=-1"]) == 2
     assert "--batch-size=-1; expected 0" in terminal.getvalue()
+
+
+def test_avg_fusion_takes_scales_without_one(workdir, images, tmp_path):
+    averaged = predict.Predictor.from_checkpoint(workdir, scales="0.5,2.0", fusion="avg")
+    out = averaged(images[0])
+    assert out["logits"].shape == (1, HEIGHT, WIDTH, 8) and sorted(out["per_scale"]) == [0.5, 2.0]
+    with pytest.raises(predict.InferenceError, match="must contain 1.0 for hierarchical fusion"):
+        predict.InferenceOptions((0.5, 2.0), "hierarchical")
+    image = tmp_path / "street.png"
+    Image.fromarray(images[0]).save(image)
+    assert cli.main(["predict", f"--checkpoint={workdir}", str(image), f"--out={tmp_path / 'o'}",
+                     "--scales=0.5,2.0", "--fusion=max"]) == 0
+    assert Image.open(tmp_path / "o" / "street_pred.png").size == (WIDTH, HEIGHT)

@@ -33,6 +33,7 @@ def make_predict_fn(model: MultiScaleSegmenter, outputs: Sequence[str] | None = 
 
     def predict(variables, images, scales: Sequence[float] = (0.5, 1.0, 2.0),
                 fusion: str = "hierarchical"):
-        return _predict(variables, images, scales=tuple(sorted(validate_scales(scales))), fusion=fusion)
+        scales = validate_scales(scales, require_one=fusion == "hierarchical")
+        return _predict(variables, images, scales=tuple(sorted(scales)), fusion=fusion)
 
     return predict

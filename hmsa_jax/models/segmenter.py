@@ -84,16 +84,19 @@ class MultiScaleSegmenter(nn.Module):
 
     def multi_scale(self, images: jax.Array, scales: Sequence[float], fusion: str = "hierarchical",
                     train: bool = False) -> dict:
-        """Inference over any scales containing 1.0, evaluated from the largest down."""
-        scales = multiscale.validate_scales(scales)
+        """Inference over several scales, evaluated from the largest down. Hierarchical fusion
+        needs 1.0 among them; avg and max take any and return logits at the input's size."""
         if fusion not in multiscale.FUSIONS:
             raise ValueError(f"fusion must be one of {tuple(multiscale.FUSIONS)}, got {fusion!r}")
+        scales = multiscale.validate_scales(scales, require_one=fusion == "hierarchical")
         if fusion == "hierarchical" and self.attention != "hierarchical" and len(scales) > 1:
             raise ValueError(f"fusion='hierarchical' needs a model with attention='hierarchical'; "
                              f"this one has attention={self.attention!r}: use fusion='avg' or 'max'")
         per_scale = {s: _public(self.one_scale(ops.rescale(images, s), train))
                      for s in sorted(scales, reverse=True)}
-        return {**multiscale.FUSIONS[fusion](per_scale), "per_scale": per_scale}
+        fused = (multiscale.hierarchical_fuse(per_scale) if fusion == "hierarchical" else
+                 multiscale.FUSIONS[fusion](per_scale, size=images.shape[1:3]))
+        return {**fused, "per_scale": per_scale}
 
     def explicit(self, images: jax.Array, train: bool = False) -> dict:
         """Explicit attention baseline: every scale's features -> one softmax over the scales."""
