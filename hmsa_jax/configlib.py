@@ -49,10 +49,6 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
     except ConfigError:
         raise
     except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as error:
-        if _lacks_get_config(error, argv):
-            raise ConfigError(f"{_config_path(argv)}: defines no get_config(); expected a Python "
-                              f"file with get_config(arg=None) returning the config, e.g. "
-                              f"configs/synthetic_demo.py") from error
         raised_by_file = _raised_in_config_file(error, argv)
         if raised_by_file is not None:  # e.g. get_config rejecting a preset
             raise ConfigError(_explain_file_error(raised_by_file, argv)) from error
@@ -128,6 +124,9 @@ def _check_config_file(argv: list[str]) -> None:
         raise ConfigError(f"{path}: {kind}; expected a Python config file (.py) defining "
                           f"get_config(), e.g. configs/synthetic_demo.py (YAML/JSON are not read: "
                           f"set values with --config.a.b=value overrides)")
+    if path is not None and not _defines_get_config(path):
+        raise ConfigError(f"{path}: defines no get_config(); expected a Python file with "
+                          f"get_config(arg=None) returning the config, e.g. configs/synthetic_demo.py")
 
 
 def _raised_in_config_file(error: Exception, argv: list[str]) -> Exception | None:
@@ -141,10 +140,28 @@ def _raised_in_config_file(error: Exception, argv: list[str]) -> Exception | Non
     return None
 
 
-def _lacks_get_config(error: Exception, argv: list[str]) -> bool:
-    """config_flags' AttributeError for a file without get_config (not one the file raised)."""
-    return (isinstance(error, AttributeError) and "'get_config'" in str(error)
-            and _raised_in_config_file(error, argv) is None)
+def _defines_get_config(path: str) -> bool:
+    """Whether the file binds `get_config` at its top level (a def, an assignment or an import).
+    A file that does not parse counts as defining it: loading it reports the syntax error. (An
+    AST check because ml_collections re-executes every config file into one module object, so
+    a file without get_config would silently reuse the previous file's in a long process.)"""
+    import ast
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return True
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "get_config":
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (alias.asname or alias.name) == "get_config" for alias in node.names):
+            return True
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "get_config" for t in targets):
+            return True
+    return False
 
 
 def _explain_file_error(error: Exception, argv: list[str]) -> str:

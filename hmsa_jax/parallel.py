@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from hmsa_jax.configlib import ConfigError  # a ValueError: callers catching that still do
 from hmsa_jax.console import plural
 
 DATA_AXIS = "data"
@@ -51,8 +52,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     devices = mesh.devices.size
     if global_batch_size % devices:
-        raise ValueError(f"{what}={global_batch_size} is not divisible by the {devices} devices "
-                         f"of the mesh; use a multiple of {devices}")
+        raise ConfigError(f"{what}={global_batch_size} is not divisible by the {devices} devices "
+                          f"of the mesh; use a multiple of {devices}")
 
 
 def global_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

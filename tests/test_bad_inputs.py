@@ -76,6 +76,7 @@ def _images(root):
     _png(f"{paths['dup']}/a/x.png", zeros(32, 64))
     _png(f"{root}/images/dup2/x.png", zeros(32, 64))
     _text(f"{paths['none']}/notes.txt", "no images here")
+    _text(f"{root}/images/textonly/text2.png", "saved as .png by mistake\n")
     return paths
 
 
@@ -215,7 +216,7 @@ OVERRIDE_CASES = [
     _override("data.train_split", "", r"data.train_split is empty"),
     _override("model.name", "hrnet99", r"model.name='hrnet99'; expected one of"),
     _override("model.dtype", "float16", r"model.dtype='float16'"),
-    _override("model.num_classes", "-1", r"num_classes=-1; expected >= 0"),
+    _override("model.num_classes", "-1", r"num_classes=-1; expected 0 \(the dataset's count\) or >= 2"),
     _override("model.lo_scale", "1.5", r"lo_scale=1.5; expected in \(0, 1\)"),
     _override("train.criterion", "focal", r"criterion='focal'"),
     _override("train.scale_mode", "sum", r"scale_mode='sum'"),
@@ -244,6 +245,14 @@ OVERRIDE_CASES = [
     _override("distributed.heartbeat_timeout_s", "0", r"heartbeat_timeout_s=0; expected > 0"),
     _override("faults.max_nonfinite_steps", "0", r"max_nonfinite_steps=0; expected > 0"),
     _override("train.scale_mode", "average", r"scale_mode='average' needs a single-scale model"),
+    _override("model.num_classes", "1", r"num_classes=1; expected 0 \(the dataset's count\) or >= 2"),
+    _override("data.synthetic.num_classes", "2", r"synthetic.num_classes=2; expected 4..10"),
+    _override("data.cityscapes.label_format", "ids", r"label_format='ids'; expected one of"),
+    _override("data.cityscapes.label_kind", "medium", r"label_kind='medium'; expected one of"),
+    _override("data.tfds.label_format", "TrainIds", r"tfds.label_format='TrainIds'; expected one of"),
+    _override("validation.scales", "(1.0,0.001)", r"scale 0.001 makes the 64x128 synthetic images empty"),
+    _override("data.augment.crop_size", "(1,1)", r"lo_scale=0.5 makes the 1x1 training crop empty"),
+    _override("data.augment.crop_size", "(a,b)", r"crop_size=\('\(a,b\)',\); expected two integers"),
 ]
 
 TRAIN_CASES = [
@@ -254,6 +263,15 @@ TRAIN_CASES = [
      r"init_from='.*missing': no such checkpoint folder"),
     ("train crop (64,)", ["train", DEMO, "--workdir={root}/w_crop", "--config.data.augment.crop_size=(64,)"],
      r"crop_size=\(64,\); expected two integers"),
+    ("train --stop_after=-1", ["train", DEMO, "--workdir={root}/w_stop", "--stop_after=-1"],
+     r"--stop_after=-1; expected a number of steps > 0"),
+    ("train --stop_after=abc", ["train", DEMO, "--workdir={root}/w_stop", "--stop_after=abc"],
+     r"--stop_after=abc: invalid literal"),
+    ("train unknown flag", ["train", DEMO, "--workdir={root}/w_stop", "--wrokdir=x"],
+     r"Unknown command line flag 'wrokdir'"),
+    ("train batch not divisible by devices", ["train", DEMO, "--workdir={root}/w_batch",
+                                              "--config.data.loader.batch_size=3"],
+     r"data.loader.batch_size=3 is not divisible by the 8 devices"),
     ("train YAML config", ["train", "--config={cfg_yaml}", "--workdir={root}/w_yaml"], r"c.yaml: a .yaml file"),
 ]
 
@@ -308,6 +326,12 @@ CHECKPOINT_CASES = [
      r"no step 99; steps present: \[7\]"),
     ("eval config of another model", ["eval", "--checkpoint={ckpt}", DEMO],
      r"holds a 'resnet_tiny_deeplabv3plus_mscale' checkpoint, but the config asks for model 'hrnet_tiny_ocr_mscale'"),
+    ("eval batch not divisible by devices", ["eval", "--checkpoint={ckpt}", "--batch-size=3"],
+     r"data.eval.batch_size=3 is not divisible by the 8 devices"),
+    ("eval on a dataset of another class count", ["eval", "--checkpoint={ckpt}", DEMO, "--batch-size=8",
+                                                  "--config.model.name=resnet_tiny_deeplabv3plus_mscale",
+                                                  "--config.data.synthetic.num_classes=5"],
+     r"the checkpoint predicts 8 classes, dataset 'synthetic' has 5"),
     ("eval scale empties images", ["eval", "--checkpoint={ckpt}", "--scales=0.01,1.0"],
      r"synthetic val: scale 0.01 makes this 32x64 image 0x0"),
     ("autolabel checkpoint missing", ["autolabel", "--checkpoint={missing}", "--images={img_jpgs}",
@@ -341,6 +365,8 @@ IMAGE_CASES = [
      r"wide.png: a 8x4000 image \(HxW\); expected an aspect ratio within 1:32"),
     ("scaled image too large", ["predict", "--checkpoint={ckpt}", "{img_huge}", "--out={root}/o", "--scales=1.0,2.0"],
      r"huge.png: scale 2 makes this 4096x4096 image 8192x8192 = 67 Mpx; expected at most 34 Mpx"),
+    ("autolabel text named .png", ["autolabel", "--checkpoint={ckpt}", "--images={root}/images/textonly",
+                                   "--out={root}/al4"], r"text2.png: not an image file \(text starting"),
     ("autolabel 1x1 image at 0.5", ["autolabel", "--checkpoint={ckpt}", "--images={root}/images/one",
                                    "--out={root}/al3", "--scales=0.5,1.0"], r"one.png: scale 0.5 makes"),
 ]

@@ -113,6 +113,8 @@ def main(argv: list[str]) -> int:
 
         validate_config(config)
         _check_init_from(config.checkpoint.init_from, values.workdir)
+        if values.stop_after is not None and values.stop_after < 1:
+            raise ConfigError(f"--stop_after={values.stop_after}; expected a number of steps > 0")
     except ConfigError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 2

@@ -6,10 +6,15 @@ ml_collections rejects an override of the wrong type before anything runs.
 """
 from __future__ import annotations
 
+import math
+
 from ml_collections import ConfigDict
 
 from hmsa_jax.configlib import ConfigError
 from hmsa_jax.data.config import default_data_config
+from hmsa_jax.data.sources.synthetic import ALL_CLASSES, MIN_CLASSES
+
+LABEL_FORMATS = ("labelIds", "trainIds")
 
 
 def default_config() -> ConfigDict:
@@ -126,6 +131,10 @@ def validate_data_config(data: ConfigDict) -> None:
     for key in ("synthetic", "scale_bench"):
         for field in ("num_train", "num_eval", "height", "width"):
             _positive(f"data.{key}.{field}", data[key][field])
+    _within("data.synthetic.num_classes", data.synthetic.num_classes, MIN_CLASSES, len(ALL_CLASSES))
+    _choice("data.cityscapes.label_kind", data.cityscapes.label_kind, ("fine", "coarse", "none"))
+    _choice("data.cityscapes.label_format", data.cityscapes.label_format, LABEL_FORMATS)
+    _choice("data.tfds.label_format", data.tfds.label_format, LABEL_FORMATS)
     augment = data.augment
     _pair("data.augment.crop_size", augment.crop_size)
     _pair("data.eval.pad_to", data.eval.pad_to, allow_zero=True)
@@ -167,7 +176,9 @@ def validate_config(config: ConfigDict) -> None:
     validate_data_config(config.data)
     choice("model.name", config.model.name, list_models())
     choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
-    positive("model.num_classes", config.model.num_classes, allow_zero=True)
+    if config.model.num_classes == 1 or config.model.num_classes < 0:
+        raise ConfigError(f"config.model.num_classes={config.model.num_classes}; expected 0 (the "
+                          f"dataset's count) or >= 2")
     if not 0 < config.model.lo_scale < 1:
         raise ConfigError(f"config.model.lo_scale={config.model.lo_scale!r}; expected in (0, 1)")
     choice("train.criterion", config.train.criterion, ("rmi", "ce"))
@@ -209,6 +220,7 @@ def validate_config(config: ConfigDict) -> None:
             validate_scales(config.validation[field])
     except ValueError as error:
         raise ConfigError(f"config.validation.{field}: {error}") from None
+    _check_scaled_sizes(config)
     attention = _model_attention(config.model.name)
     if config.train.scale_mode == "average" and attention != "none":
         raise ConfigError(f"config.train.scale_mode='average' needs a single-scale model "
@@ -218,6 +230,26 @@ def validate_config(config: ConfigDict) -> None:
         raise ConfigError(f"config.validation.fusion='hierarchical' needs a model with "
                           f"hierarchical attention; {config.model.name!r} has {attention!r}: "
                           f"use 'avg' or 'max'")
+
+
+def _check_scaled_sizes(config: ConfigDict) -> None:
+    """Each scale leaves at least one pixel: the training crop at model.lo_scale and, for the
+    built-in datasets (whose image size the config holds), their images at the validation and
+    picture scales."""
+    crop = tuple(config.data.augment.crop_size)
+    if min(int(side * config.model.lo_scale) for side in crop) < 1:
+        raise ConfigError(f"config.model.lo_scale={config.model.lo_scale} makes the "
+                          f"{crop[0]}x{crop[1]} training crop empty; expected a crop of at least "
+                          f"{math.ceil(1 / config.model.lo_scale)} pixels each way")
+    if config.data.dataset not in ("synthetic", "scale_bench"):
+        return
+    size = config.data[config.data.dataset]
+    for field in ("scales", "picture_scales"):
+        for scale in config.validation[field]:
+            if min(int(size.height * scale), int(size.width * scale)) < 1:
+                raise ConfigError(f"config.validation.{field}: scale {scale:g} makes the "
+                                  f"{size.height}x{size.width} {config.data.dataset} images empty; "
+                                  f"expected every scale to leave at least 1 pixel each way")
 
 
 def _model_attention(name: str) -> str:
