@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hmsa_jax.evaluate", "score a checkpoint on a dataset split at any scales (mIoU table and JSON)"),
     "predict": ("hmsa_jax.predict", "predict images: colour maps, overlays, per-scale attention pictures, index.html"),
     "autolabel": ("hmsa_jax.autolabel", "hard-threshold teacher labels for a folder of images (training source)"),
+    "export": ("hmsa_jax.export", "one file (jax.export / StableHLO) that runs a checkpoint's predictor with plain jax"),
     "config": ("hmsa_jax.config_cli", "print the resolved config of --config=FILE[:preset] [--config.a.b=v] and exit"),
     "plot": ("hmsa_jax.plot", "loss, learning rate, throughput and val mIoU curves of runs (metrics.jsonl) as a PNG"),
 }
