@@ -167,6 +167,18 @@ def test_the_validation_pictures_page_says_what_made_it(trained):
     assert list((trained / "pictures").glob("val_*_truth.png"))  # the ground truth
 
 
+def test_profile_switch_traces_the_chosen_steps(tmp_path, capsys):
+    from hmsa_jax.train.profiling import trace_files
+
+    assert _train(tmp_path, "--config.train.steps=3", "--config.validation.every_steps=-1",
+                  "--config.train.profile_start_step=2", "--config.train.profile_steps=1") == 0
+    files = trace_files(str(tmp_path / "profile"))
+    assert any(f.endswith(".xplane.pb") for f in files), files  # what TensorBoard's plugin reads
+    assert f"profile of steps 2-2 written to {tmp_path / 'profile'}" in capsys.readouterr().out
+    assert _train(tmp_path / "off", "--config.train.steps=1", "--config.validation.every_steps=-1") == 0
+    assert not (tmp_path / "off" / "profile").exists()
+
+
 def test_tensorboard_holds_class_iou_config_and_pictures(trained):
     events = _events(trained / "tensorboard")
     values = [(e.step, v) for e in events for v in e.summary.value]

@@ -39,6 +39,9 @@ def default_config() -> ConfigDict:
         num_devices=0,  # 0: every device
         log_every=20,
         checkpoint_every=1000,  # also at the end and after every validation
+        # A jax.profiler trace of steps profile_start_step .. +profile_steps-1 into
+        # <workdir>/profile (TensorBoard's profile plugin); 0: off. Start after step 1 (compile).
+        profile_start_step=0, profile_steps=3,
     ))
     config.optim = ConfigDict(dict(
         learning_rate=5e-3, momentum=0.9, weight_decay=1e-4, nesterov=False, poly_power=2.0,
@@ -190,6 +193,8 @@ def validate_config(config: ConfigDict) -> None:
     positive("train.log_every", config.train.log_every)
     positive("train.checkpoint_every", config.train.checkpoint_every)
     positive("train.num_devices", config.train.num_devices, allow_zero=True)
+    positive("train.profile_start_step", config.train.profile_start_step, allow_zero=True)
+    positive("train.profile_steps", config.train.profile_steps)
     choice("optim.decay", config.optim.decay, ("all", "kernels"))
     positive("optim.learning_rate", config.optim.learning_rate)
     _within("optim.momentum", config.optim.momentum, 0.0, 1.0)

@@ -30,6 +30,7 @@ from hmsa_jax.train import step as step_lib
 from hmsa_jax.train.config import validate_config
 from hmsa_jax.train import run_files
 from hmsa_jax.train.optimizer import kernel_only_decay_mask, make_optimizer, poly_schedule
+from hmsa_jax.train.profiling import StepProfiler
 from hmsa_jax.train.progress import Progress
 from hmsa_jax.train.state import abstract_train_state, create_train_state
 from hmsa_jax.train.validation import compare_scales, format_comparison, validate
@@ -347,14 +348,18 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                 f"Lower optim.learning_rate or set optim.grad_clip_norm, then run again to "
                 f"resume from it.")
 
+    profiler = StepProfiler(os.path.join(workdir, "profile"), config.train.profile_start_step,
+                            config.train.profile_steps, progress.write)
     with StopSignals() as signals:
         try:
             if step < total_steps:
                 progress.compiling()
             while step < total_steps and (stop_after is None or step - start_step < stop_after):
                 batch = parallel.global_batch(next(iterator), mesh)
+                profiler.before(step + 1)
                 state, metrics = train_fn(state, batch, dropout_key)
                 step += 1
+                profiler.after(step, state)
                 if step % config.train.log_every == 0 or step == total_steps:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     check_finite()
@@ -405,6 +410,7 @@ def train(config, workdir: str, *, stop_after: int | None = None,
         finally:
             # A save in flight is completed (or, on an error, at least not left half-written by
             # us); the step folders Orbax commits are whole in any case.
+            profiler.close()
             progress.close()
             manager.wait_until_finished()
             latest = manager.latest_step()
