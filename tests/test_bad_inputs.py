@@ -121,6 +121,12 @@ def _cityscapes_variants(root):
     os.makedirs(os.path.join(roots["empty_split"], "leftImg8bit", "train"))
     roots["not_cityscapes"] = _text(os.path.join(root, "city", "not_cityscapes", "README"), "x")
     roots["not_cityscapes"] = os.path.dirname(roots["not_cityscapes"])
+    roots["folder_text_image"] = os.path.join(root, "folder", "text_image")
+    write_fake_folder(roots["folder_text_image"], {"train": 2, "val": 1}, height=32, width=64)
+    _text(os.path.join(roots["folder_text_image"], "images", "train", "group0", "readme.png"), "notes\n")
+    roots["folder_no_mask"] = os.path.join(root, "folder", "no_mask")
+    write_fake_folder(roots["folder_no_mask"], {"train": 2, "val": 1}, height=32, width=64)
+    os.remove(first(os.path.join(roots["folder_no_mask"], "masks", "train"), "*.png"))
     roots["folder_no_classes"] = os.path.join(root, "folder", "no_classes")
     write_fake_folder(roots["folder_no_classes"], {"train": 2, "val": 1}, height=32, width=64)
     os.remove(os.path.join(roots["folder_no_classes"], "classes.txt"))
@@ -450,6 +456,21 @@ def test_bad_data_tree_is_one_error_line(env, capsys, tree, extra, pattern):
     assert errors and all(re.search(pattern, line) for line in errors), out
 
 
+FOLDER_CASES = [
+    ("folder: text file named like an image", "folder_text_image", r"readme.png: not an image file \(text starting"),
+    ("folder: image without mask", "folder_no_mask", r"img0000.png: missing mask for image"),
+]
+
+
+@pytest.mark.parametrize("tree, pattern", [c[1:] for c in FOLDER_CASES], ids=[c[0] for c in FOLDER_CASES])
+def test_bad_folder_dataset_is_one_error_line(env, capsys, tree, pattern):
+    code, out, err = _run(capsys, ["data-check", DEMO, "--config.data.dataset=folder", "--splits=train",
+                                   f"--config.data.root={env['city_' + tree]}", "--quiet"])
+    assert code == 1 and "Traceback" not in out + err
+    errors = [line for line in out.splitlines() if line.startswith("  ERROR")]
+    assert len(errors) == 1 and re.search(pattern, errors[0]), out
+
+
 def test_folder_dataset_without_classes_file(env, capsys):
     code, out, err = _run(capsys, ["data-check", DEMO, "--config.data.dataset=folder",
                                    f"--config.data.root={env['city_folder_no_classes']}", "--quiet"])
@@ -517,5 +538,5 @@ def test_the_corpus_has_at_least_100_cases():
     kinds = {"config files and overrides": len(CONFIG_CASES) + len(OVERRIDE_CASES) + len(TRAIN_CASES),
              "command lines": len(COMMAND_CASES), "checkpoints": len(CHECKPOINT_CASES) + 2,
              "images": len(IMAGE_CASES), "file-system states": len(FILESYSTEM_CASES) + 2,
-             "data trees": len(DATA_CASES) + 1}
+             "data trees": len(DATA_CASES) + len(FOLDER_CASES) + 3}
     assert sum(kinds.values()) >= 100, json.dumps(kinds)

@@ -15,6 +15,7 @@ import colorsys
 import glob
 import os
 
+from hmsa_jax.data import imageio
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable, identity_lut
 from hmsa_jax.data.sources.base import PairedFileSource
@@ -78,6 +79,7 @@ def folder_source(images_dir: str, masks_dir: str, classes_file: str,
         relative = os.path.splitext(os.path.relpath(image_path, images_dir))[0]
         mask_path = os.path.join(masks_dir, relative + ".png")
         if not os.path.isfile(mask_path):
+            imageio.image_size(image_path)  # a stray non-image is named as that, not as unlabelled
             raise DataError(f"{mask_path}: missing mask for image {image_path}")
         pairs.append((image_path, mask_path))
     return PairedFileSource(pairs, root=images_dir, classes=classes,
