@@ -1,8 +1,9 @@
-"""Which scale does each class trust, and how do the fusions compare? (synthetic scenes)
+"""Which scale does each class trust, and how do the fusions compare? (built-in scenes)
 
     python benchmarks/attention_study.py --checkpoint=/tmp/hmsa_demo [--out=DIR]
 
-On the checkpoint's synthetic validation split (its saved data config), one forward pass at
+On the checkpoint's validation split of the synthetic street scenes or the scale benchmark
+(its saved data config), one forward pass at
 0.5x, 1.0x and 2.0x per image gives everything:
   * per class, the mean attention of the 0.5x scale (upsampled to 1.0x) over that class's
     ground-truth pixels: low means the pixel trusts the higher scale (1.0x); the mean
@@ -26,7 +27,9 @@ import time
 
 import numpy as np
 
-THIN = ("pole", "traffic_sign", "lane_marking")
+from hmsa_jax.data.sources import scale_bench
+
+THIN = {"synthetic": ("pole", "traffic_sign", "lane_marking"), "scale_bench": scale_bench.THIN_CLASSES}
 VARIANTS = tuple(f"single {s:g}x" for s in (0.5, 1.0, 2.0)) + tuple(
     f"{fusion} {tag}" for tag in ("{0.5,1}", "{0.5,1,2}") for fusion in ("hierarchical", "avg", "max"))
 
@@ -75,8 +78,10 @@ def run(checkpoint: str, out_dir: str, max_images: int = 0, batch_size: int = 8)
 
     loaded = load_model(checkpoint)
     config = ConfigDict(loaded.meta["config"])
-    if config.data.dataset != "synthetic":
-        raise SystemExit(f"{checkpoint}: trained on {config.data.dataset!r}; this study reads the synthetic scenes")
+    if config.data.dataset not in THIN:
+        raise SystemExit(f"{checkpoint}: trained on {config.data.dataset!r}; this study reads the built-in "
+                         f"scenes ({', '.join(THIN)})")
+    thin_names = THIN[config.data.dataset]
     source = build_source(config.data, config.data.eval_split, "eval")
     count = min(len(source), max_images) if max_images else len(source)
     names, num_classes = loaded.classes.names, loaded.num_classes
@@ -105,8 +110,8 @@ def run(checkpoint: str, out_dir: str, max_images: int = 0, batch_size: int = 8)
     miou = {key: segmentation_scores(c.reshape(num_classes, num_classes)) for key, c in confusions.items()}
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = {key: sums / pixels for key, sums in attention_sums.items()}
-    thin = [k for k, n in enumerate(names) if n in THIN and pixels[k] > 0]
-    large = [k for k, n in enumerate(names) if n not in THIN and pixels[k] > 0]
+    thin = [k for k, n in enumerate(names) if n in thin_names and pixels[k] > 0]
+    large = [k for k, n in enumerate(names) if n not in thin_names and pixels[k] > 0]
     group = lambda key, ks: float(attention_sums[key][ks].sum() / pixels[ks].sum()) if ks else None
     result = {
         "checkpoint": loaded.path, "model": loaded.model_name, "images": count,
@@ -174,7 +179,7 @@ def draw(path: str, examples, result: dict, classes) -> None:
 
 
 def format_tables(result: dict) -> str:
-    lines = [f"{result['model']} at {result['checkpoint']}: {result['images']} synthetic val images "
+    lines = [f"{result['model']} at {result['checkpoint']}: {result['images']} val images "
              f"{result['size'][0]}x{result['size'][1]}", "",
              "| class | pixels % | attention 0.5x vs 1x | attention 1x vs 2x | weight 0.5x | weight 1x | weight 2x |",
              "|---|---|---|---|---|---|---|"]

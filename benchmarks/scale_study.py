@@ -49,9 +49,9 @@ ALL_SCALES = (0.25, 0.5, 1.0, 2.0)
 CONFIG = "configs/scale_bench.py:study"
 
 
-def run_config(family: str, method: str, seed: int, steps: int, overrides: list[str]):
+def run_config(family: str, method: str, seed: int, steps: int, overrides: list[str], config_arg: str = CONFIG):
     suffix, scale_mode = METHODS[method]
-    argv = [f"--config={CONFIG}", f"--config.model.name={FAMILIES[family]}{suffix}",
+    argv = [f"--config={config_arg}", f"--config.model.name={FAMILIES[family]}{suffix}",
             f"--config.train.scale_mode={scale_mode}", f"--config.train.seed={seed}",
             f"--config.data.seed={seed}", *overrides]
     if steps:
@@ -130,13 +130,13 @@ def evaluate(workdir: str, images: np.ndarray, labels: np.ndarray, batch_size: i
 
 
 def run_one(root: str, family: str, method: str, seed: int, steps: int, overrides: list[str],
-            data) -> dict:
+            data, config_arg: str = CONFIG) -> dict:
     workdir = os.path.join(root, family, method, f"seed{seed}")
     result_path = os.path.join(workdir, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    config = run_config(family, method, seed, steps, overrides)
+    config = run_config(family, method, seed, steps, overrides, config_arg)
     start = time.perf_counter()
     summary = train(config, workdir, log=lambda _: None)
     seconds = time.perf_counter() - start
@@ -223,17 +223,20 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="0: the recipe's train.steps")
     parser.add_argument("--workdir", default="runs/scale_study")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--config", default=CONFIG, help="the recipe (a config file and preset)")
     parser.add_argument("--override", action="append", default=[],
                         help="a --config.x=y override for every run (changes the recipe: use a new --workdir)")
     args = parser.parse_args(argv)
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/hmsa_jax/jax_cache"))
-    data = validation_set(run_config(args.families[0], "single", 0, args.steps, args.override))
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/hmsa_jax/jax_cache"))
+    data = validation_set(run_config(args.families[0], "single", 0, args.steps, args.override, args.config))
     results = []
     for seed in args.seeds:  # seed-major, so that an interrupted study has whole seeds
         for family in args.families:
             for method in args.methods:
                 start = time.perf_counter()
-                result = run_one(args.workdir, family, method, seed, args.steps, args.override, data)
+                result = run_one(args.workdir, family, method, seed, args.steps, args.override, data,
+                                 args.config)
                 results.append(result)
                 print(f"{family} {method} seed {seed}: mIoU " + ", ".join(
                     f"{k} {100 * v:.1f}" for k, v in result["miou"].items() if k.startswith("{"))
@@ -242,7 +245,7 @@ def main(argv=None) -> int:
     class_names = list(next(iter(results))["iou"]["1x"])
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "scale_study.json"), "w") as f:
-        json.dump({"recipe": CONFIG, "steps": args.steps, "overrides": args.override,
+        json.dump({"recipe": args.config, "steps": args.steps, "overrides": args.override,
                    "summary": summary, "runs": results}, f, indent=1)
     text = format_tables(summary, class_names)
     with open(os.path.join(args.out, "scale_study.md"), "w") as f:

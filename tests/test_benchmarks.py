@@ -80,3 +80,34 @@ def test_inference_smallest(tmp_path):
     rows = report["rows"]
     assert [r["flip"] for r in rows] == [False, True]
     assert all(r["latency_s"] > 0 and r["images_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_scale_study_trains_evaluates_and_reuses_finished_runs(tmp_path):
+    import scale_study
+
+    argv = ["--config", "configs/scale_bench.py:tiny", "--methods", "hierarchical", "--seeds", "0",
+            "--steps", "2", "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--override=--config.train.num_devices=4"]
+    assert scale_study.main(argv) == 0
+    result = tmp_path / "runs" / "resnet" / "hierarchical" / "seed0" / "result.json"
+    written = result.stat().st_mtime_ns
+    assert scale_study.main(argv) == 0 and result.stat().st_mtime_ns == written  # reused, not retrained
+    cell = json.loads((tmp_path / "out" / "scale_study.json").read_text())["summary"]["resnet"]["hierarchical"]
+    assert set(cell["miou"]) == {"0.25x", "0.5x", "1x", "2x", "{0.5,1}", "{0.5,1,2}", "{0.25,0.5,1,2}"}
+    assert set(cell["attention"]) == {"a0.5 vs 1x", "a1 vs 2x", "w0.5x", "w1x", "w2x"}
+    weights = [cell["attention"][f"w{s}x"]["thin"][0] for s in ("0.5", "1", "2")]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-4)  # effective weights of the 3-scale fuse
+    assert all(0 <= v[0] <= 100 and v[2] == 1 for v in cell["miou"].values())
+    table = (tmp_path / "out" / "scale_study.md").read_text()
+    assert "| hierarchical (n=1) | {0.5,1,2} |" in table
+
+
+def test_scale_study_aggregates_mean_and_sample_spread():
+    import scale_study
+
+    runs = [{"family": "resnet", "method": "single", "seed": s, "train_seconds": 10.0,
+             "miou": {"1x": m}, "iou": {"1x": {"a": m}}, "attention": {}} for s, m in ((0, 0.5), (1, 0.7))]
+    cell = scale_study.aggregate(runs)["resnet"]["single"]
+    assert cell["miou"]["1x"] == pytest.approx([60.0, 14.1421356, 2])
+    assert cell["seeds"] == [0, 1]
