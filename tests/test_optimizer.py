@@ -134,3 +134,41 @@ def test_bad_arguments_are_named(kwargs, message):
   args = dict(learning_rate=0.01, total_steps=100) | kwargs
   with pytest.raises(ValueError, match=message):
     make_optimizer(**args)
+
+
+def _formula_schedule(base_lr, total_steps, power, warmup_steps, end_lr):
+  """The schedule as this package wrote it before optax's schedules (float32 jnp ops)."""
+  decay_steps = total_steps - warmup_steps
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+    decayed = end_lr + (base_lr - end_lr) * (1.0 - progress) ** power
+    if warmup_steps == 0:
+      return decayed
+    return jnp.where(step < warmup_steps, base_lr * step / warmup_steps, decayed)
+
+  return schedule
+
+
+@pytest.mark.parametrize("args", [(0.01, 100, 2.0, 0, 0.0), (0.05, 300, 0.9, 10, 1e-4),
+                                  (5e-3, 1000, 2.0, 37, 0.0), (1.0, 7, 3.0, 3, 0.1),
+                                  (5e-3, 90000, 2.0, 1000, 0.0)])
+def test_optax_schedules_give_the_formula_values(args):
+  steps = jnp.arange(args[1] + 5)
+  ours, formula = poly_schedule(*args), _formula_schedule(*args)
+  # Op by op (as XLA runs each operation alone): the same float32 values, bit for bit.
+  np.testing.assert_array_equal(np.asarray(jax.vmap(ours)(steps)), np.asarray(jax.vmap(formula)(steps)))
+  # Compiled, XLA rewrites either program's division by a constant (the formula itself then
+  # differs from its op-by-op values where 1 - t cancels, near the end): float32 rounding only.
+  np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(ours))(steps)),
+                             np.asarray(jax.jit(jax.vmap(formula))(steps)), rtol=0, atol=1e-6 * args[0])
+
+
+def test_optax_global_norm_is_the_norm_the_step_used():
+  rng = np.random.default_rng(3)
+  tree = {"a": rng.standard_normal((3, 4, 5)).astype(np.float32), "b": [rng.standard_normal(7).astype(np.float32)]}
+  ours = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+  assert np.asarray(optax.global_norm(tree)) == np.asarray(ours)
+  assert np.asarray(jax.jit(optax.global_norm)(tree)) == np.asarray(jax.jit(
+      lambda t: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(t))))(tree))

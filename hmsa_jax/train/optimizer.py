@@ -24,6 +24,7 @@ def poly_schedule(base_lr: float, total_steps: int, power: float = 2.0, warmup_s
   otherwise:            lr = end_lr + (base_lr - end_lr) * (1 - t)**power,
                         t = (step - warmup_steps) / (total_steps - warmup_steps), clipped to [0, 1].
   Without warm-up this is the reference's base_lr * (1 - step / total_steps)**power.
+  Built from optax.polynomial_schedule, joined after the warm-up by optax.join_schedules.
   """
   if total_steps < 1:
     raise ValueError(f"poly_schedule: total_steps must be >= 1; got {total_steps}")
@@ -31,17 +32,13 @@ def poly_schedule(base_lr: float, total_steps: int, power: float = 2.0, warmup_s
     raise ValueError(f"poly_schedule: warmup_steps must be in [0, total_steps={total_steps}); got {warmup_steps}")
   if power <= 0:
     raise ValueError(f"poly_schedule: power must be > 0; got {power}")
-  decay_steps = total_steps - warmup_steps
-
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
-    decayed = end_lr + (base_lr - end_lr) * (1.0 - progress) ** power
-    if warmup_steps == 0:
-      return decayed
-    return jnp.where(step < warmup_steps, base_lr * step / warmup_steps, decayed)
-
-  return schedule
+  decay = optax.polynomial_schedule(base_lr, end_lr, power, total_steps - warmup_steps)
+  if warmup_steps == 0:
+    return decay
+  # Written as base_lr * step / warmup (not optax.linear_schedule's base - base * (1 - step /
+  # warmup)), which rounds differently by an ulp on some steps.
+  warmup = lambda step: base_lr * jnp.asarray(step, jnp.float32) / warmup_steps
+  return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 def kernel_only_decay_mask(params: Any) -> Any:

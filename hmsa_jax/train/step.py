@@ -90,10 +90,6 @@ def training_loss(outputs: dict, labels: jax.Array, config: LossConfig) -> tuple
         scale_supervision_weight=config.scale_supervision_weight, ignore_label=config.ignore_label)
 
 
-def _global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def train_step(state: TrainState, batch: dict, dropout_key: jax.Array, *, model,
                tx: optax.GradientTransformation, config: StepConfig,
                learning_rate_fn: Callable | None = None) -> tuple[TrainState, dict]:
@@ -112,7 +108,7 @@ def train_step(state: TrainState, batch: dict, dropout_key: jax.Array, *, model,
     grads, (components, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = _global_norm(grads)
+    grad_norm = optax.global_norm(grads)
     apply = skip_nonfinite_decision(components["total"], grad_norm, state.nonfinite_streak,
                                     config.max_nonfinite_steps)
     metrics = {f"loss/{k}" if k != "total" else "loss": v for k, v in components.items()}
