@@ -248,6 +248,11 @@ def _eval_command(args, config_args: list[str]) -> int:
     from hmsa_jax.predict import load_model, picture_header
 
     options = cli.inference_options(args)  # bad scales fail before anything loads
+    for option, folder in (("--save-predictions", args.save_predictions), ("--show-dir", args.show_dir)):
+        if folder:  # output paths fail before the evaluation, not after it
+            input_checks.check_output_folder(folder, option)
+    if args.json:
+        input_checks.check_output_file(args.json, "--json")
     if args.show_max < 1:
         raise InferenceError(f"--show-max={args.show_max}; expected >= 1")
     config = _command_line_config(config_args)

@@ -65,25 +65,36 @@ def check_inputs_fit(images: Sequence[tuple[str, str]], scales: Sequence[float],
     return sizes
 
 
-def _check_creatable(out_dir: str, option: str) -> None:
-    """`out_dir` is a folder, or can be made: its nearest existing ancestor is a writable folder."""
+def check_output_folder(out_dir: str, option: str, given: str | None = None) -> None:
+    """`out_dir` is a folder, or can be made: its nearest existing ancestor is a writable folder.
+    `given`: what the user typed, when `out_dir` was derived from it (a file's folder)."""
+    given = given or out_dir
     existing = os.path.abspath(out_dir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        where = "exists" if existing == os.path.abspath(out_dir) else f"is under the file {existing}"
-        raise NotADirectoryError(f"{option}={out_dir} {where} and is not a folder; expected an "
-                                 f"output folder")
+        if existing == os.path.abspath(given):
+            raise NotADirectoryError(f"{option}={given} exists and is not a folder; expected a "
+                                     f"folder, or a path where one can be made")
+        raise NotADirectoryError(f"{option}={given}: {existing} is a file, not a folder; expected "
+                                 f"a path whose folders exist or can be made")
     if not os.access(existing, os.W_OK):
-        raise PermissionError(f"{option}={out_dir}: {existing} is not writable; expected an output "
-                              f"folder this user can write")
+        raise PermissionError(f"{option}={given}: {existing} is not writable; expected a folder "
+                              f"this user can write")
+
+
+def check_output_file(path: str, option: str) -> None:
+    """`path` can be written as a file: not a folder, and its folder can be made."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option}={path} is a folder; expected a file path")
+    check_output_folder(os.path.dirname(os.path.abspath(path)), option, given=path)
 
 
 def check_out_dir(out_dir: str, inputs: Sequence[str], option: str = "--out") -> None:
     """`out_dir` is (or can be made) a writable folder, and is not an input folder nor inside
     one: the next run would read the outputs as inputs (predict) or outputs would mix with the
     images (autolabel)."""
-    _check_creatable(out_dir, option)
+    check_output_folder(out_dir, option)
     out = os.path.realpath(out_dir)
     for item in inputs:
         if not os.path.isdir(item):
@@ -97,4 +108,5 @@ def check_out_dir(out_dir: str, inputs: Sequence[str], option: str = "--out") ->
 
 
 __all__ = ["MAX_PICTURE_ASPECT", "MAX_SCALED_PIXELS", "check_inputs_fit", "check_out_dir",
+           "check_output_file", "check_output_folder",
            "check_picture_shape", "check_scaled_size"]
