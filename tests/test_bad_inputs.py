@@ -213,6 +213,7 @@ OVERRIDE_CASES = [
     _override("data.class_uniform.fraction", "2.0", r"fraction=2.0; expected 0..1"),
     _override("data.class_uniform.tile_size", "0", r"tile_size=0; expected > 0"),
     _override("data.autolabel.probability", "1.5", r"probability=1.5; expected 0..1"),
+    _override("data.autolabel.labels_dir", "/x", r"labels_dir is set but data.autolabel.images_root is empty"),
     _override("data.loader.batch_size", "0", r"loader.batch_size=0; expected > 0"),
     _override("data.eval.batch_size", "-1", r"eval.batch_size=-1; expected > 0"),
     _override("data.loader.num_workers", "-1", r"num_workers=-1; expected >= 0"),

@@ -152,6 +152,9 @@ def validate_data_config(data: ConfigDict) -> None:
     _within("data.class_uniform.fraction", data.class_uniform.fraction, 0.0, 1.0)
     _positive("data.class_uniform.tile_size", data.class_uniform.tile_size)
     _within("data.autolabel.probability", data.autolabel.probability, 0.0, 1.0)
+    if data.autolabel.labels_dir and not data.autolabel.images_root:
+        raise ConfigError("config.data.autolabel.labels_dir is set but data.autolabel.images_root is "
+                          "empty; expected the --images folder the labels were made from")
     _positive("data.loader.batch_size", data.loader.batch_size)
     _positive("data.eval.batch_size", data.eval.batch_size)
     for key in ("loader.num_workers", "loader.prefetch", "loader.epoch_size", "eval.num_workers",
