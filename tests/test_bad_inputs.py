@@ -547,3 +547,21 @@ def test_the_corpus_has_at_least_100_cases():
              "images": len(IMAGE_CASES), "file-system states": len(FILESYSTEM_CASES) + 2,
              "data trees": len(DATA_CASES) + len(FOLDER_CASES) + 3}
     assert sum(kinds.values()) >= 100, json.dumps(kinds)
+
+
+def test_eval_refuses_trainids_read_as_labelids(env, capsys):
+    """The one corpus case that compiles (a tiny model's eval step): trainIds files without a
+    255 pixel, named and read as labelIds, would score the wrong classes without a word."""
+    from inference_helpers import save_init_checkpoint, tiny_config
+
+    from hmsa_jax.data.labels import cityscapes_classes
+
+    workdir = save_init_checkpoint(os.path.join(env["root"], "city_ckpt"), tiny_config(num_classes=19),
+                                   cityscapes_classes().names)
+    code, out, err = _run(capsys, ["eval", f"--checkpoint={workdir}", CITY, "--scales=1.0", "--quiet",
+                                   f"--config.data.root={env['city_trainids_no255']}",
+                                   "--config.model.name=resnet_tiny_deeplabv3plus_mscale",
+                                   "--config.data.eval.batch_size=8"])
+    _assert_one_culprit_line(code, out, err, r"cityscapes val: every label maps to train ids 0..5 only "
+                                             r".* look like trainIds files")
+    assert "mIoU" not in out  # no table of the wrong classes
