@@ -584,21 +584,29 @@ def read_meta(step_dir: str) -> dict:
                                      f"JSON ({error})") from None
 
 
+def load_partial(step_dir: str, item: str, target: dict) -> dict:
+    """The subtree `target` (ShapeDtypeStructs with shardings) of item `item` of a step folder,
+    nothing else read (params + batch_stats without the optimiser state), through Orbax's
+    high-level v1 `load` with partial loading. (`StandardCheckpointer` cannot: orbax 0.12.8's
+    StandardRestore has no partial restore and refuses a target without opt_state.)"""
+    from orbax.checkpoint import v1 as ocp_v1
+
+    context = ocp_v1.Context()
+    context.pytree.loading.partial_load = True
+    with context:
+        return ocp_v1.load(step_dir, target, checkpointable_name=item)
+
+
 def read_variables(step_dir: str, sharding: jax.sharding.Sharding | None = None) -> tuple[dict, dict]:
     """({"params", "batch_stats"}, meta) of one step folder, without the optimiser state; no
     manifest check (see `load_usable`), but non-finite values in a step without one are refused."""
-    checkpointer = ocp.PyTreeCheckpointer()
     stored = stored_tree_metadata(os.path.join(step_dir, STATE))
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {key: jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), stored[key])
         for key in ("params", "batch_stats")}
     with _quiet_item_metadata():
-        restored = checkpointer.restore(
-            os.path.join(step_dir, STATE),
-            args=ocp.args.PyTreeRestore(item=target,
-                                        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                        partial_restore=True))
+        restored = load_partial(step_dir, STATE, target)
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
     if not os.path.exists(os.path.join(step_dir, MANIFEST)):
         check_finite(variables, step_dir)
@@ -620,7 +628,7 @@ def restore_variables(path: str, step: int | None = None, which: str = "latest",
 
 __all__ = ["BEST_METRIC", "CHECKPOINTS_SUBDIR", "CORRUPT_SUBDIR", "CheckpointError",
            "CheckpointWriteError", "DamagedCheckpointError", "MANIFEST", "TODELETE_SUBDIR", "attempt", "check_finite",
-           "inspect_step", "is_step_dir", "load_usable", "make_manager", "manifest_of",
+           "inspect_step", "is_step_dir", "load_partial", "load_usable", "make_manager", "manifest_of",
            "purge_retired", "read_meta", "read_variables", "resolve_step_dir", "restore",
            "restore_usable", "restore_variables", "save", "set_aside", "state_tree",
            "step_candidates", "stored_tree_metadata", "write_manifest"]

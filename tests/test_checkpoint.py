@@ -103,3 +103,24 @@ def test_load_pretrained_from_a_run(tmp_path):
     unrelated = {"params": {"other": {"kernel": jnp.zeros(1)}}, "batch_stats": {}}
     with pytest.raises(checkpoint.CheckpointError, match="fills 0% of this model.s parameters"):
         load_pretrained(unrelated, str(tmp_path / "ckpt"))
+
+
+def test_inference_restore_through_orbax_v1_load_equals_the_low_level_partial_restore(tmp_path):
+    manager = _save_run(tmp_path / "ckpt", [(3, None)], async_save=False)
+    manager.close()
+    step_dir = checkpoint.resolve_step_dir(str(tmp_path / "ckpt"))
+    variables, meta = checkpoint.read_variables(step_dir)
+    assert set(variables) == {"params", "batch_stats"} and meta["step"] == 3
+    item = os.path.join(step_dir, checkpoint.STATE)
+    stored = checkpoint.stored_tree_metadata(item)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {k: jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                        stored[k]) for k in ("params", "batch_stats")}
+    low_level = ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                           {k: low_level[k] for k in variables}, variables)
+    assert jax.tree_util.tree_leaves(variables)[0].sharding == device
+    # StandardCheckpointer, the other high-level API, cannot leave the optimiser state out.
+    with pytest.raises(ValueError, match="tree structures do not match"):
+        ocp.StandardCheckpointer().restore(item, target)

@@ -165,10 +165,11 @@ def test_optax_schedules_give_the_formula_values(args):
                              np.asarray(jax.jit(jax.vmap(formula))(steps)), rtol=0, atol=1e-6 * args[0])
 
 
-def test_optax_global_norm_is_the_norm_the_step_used():
+def test_optax_tree_norm_is_the_norm_the_step_used():
+  # optax.tree.norm: optax.global_norm's successor (deprecated in optax 0.2.8).
   rng = np.random.default_rng(3)
-  tree = {"a": rng.standard_normal((3, 4, 5)).astype(np.float32), "b": [rng.standard_normal(7).astype(np.float32)]}
-  ours = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
-  assert np.asarray(optax.global_norm(tree)) == np.asarray(ours)
-  assert np.asarray(jax.jit(optax.global_norm)(tree)) == np.asarray(jax.jit(
-      lambda t: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(t))))(tree))
+  tree = {"a": rng.standard_normal((3, 4, 5)).astype(np.float32), "b": [rng.standard_normal(7).astype(np.float32)],
+          "c": rng.standard_normal((64, 64, 3, 3)).astype(np.float32)}
+  ours = lambda t: jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(t)))
+  assert np.asarray(optax.tree.norm(tree)) == np.asarray(ours(tree))
+  assert np.asarray(jax.jit(optax.tree.norm)(tree)) == np.asarray(jax.jit(ours)(tree))

@@ -108,7 +108,7 @@ def train_step(state: TrainState, batch: dict, dropout_key: jax.Array, *, model,
     grads, (components, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     apply = skip_nonfinite_decision(components["total"], grad_norm, state.nonfinite_streak,
                                     config.max_nonfinite_steps)
     metrics = {f"loss/{k}" if k != "total" else "loss": v for k, v in components.items()}
