@@ -295,6 +295,9 @@ def _eval_command(args, config_args: list[str]) -> int:
         header = {**picture_header(loaded.path, loaded.meta.get("step"), loaded.model_name, options),
                   "evaluated": f"{config.data.dataset} {config.data.eval_split}: mIoU "
                                f"{100 * result.scores['miou']:.2f}% over {result.num_images} images"}
+        if options.window is not None:  # the pictures need every scale's outputs: whole images
+            header["inference"] = (f"whole images (the scores: windows of {options.window[0]}x"
+                                   f"{options.window[1]})")
         index = show_pictures(loaded, config.data, options, args.show_dir, max_images=args.show_max,
                               header=header)
         say(f"wrote the pictures page {index}")

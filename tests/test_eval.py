@@ -239,3 +239,6 @@ def test_show_dir_writes_the_pictures_page_with_ground_truth(synthetic_run, tmp_
     assert not (show / f"{source.name(2)}_panel.png").exists()
     assert "<th>evaluated</th><td>synthetic val: mIoU" in page and "yes (mean with the mirrored" in page
     assert cli.main(["eval", f"--checkpoint={workdir}", f"--show-dir={show}", "--show-max=0"]) == 2
+    assert cli.main(["eval", f"--checkpoint={workdir}", "--scales=1.0", "--window=32,32",
+                     f"--show-dir={show}", "--show-max=1"]) == 0
+    assert "<td>whole images (the scores: windows of 32x32)</td>" in (show / "index.html").read_text()
