@@ -164,6 +164,9 @@ def test_the_validation_pictures_page_says_what_made_it(trained):
     assert f"<th>checkpoint</th><td>{trained / 'checkpoints' / '4'}</td>" in page
     assert "<th>scales</th><td>1x</td>" in page and "<th>fusion</th><td>hierarchical</td>" in page
     assert "</span>0 road</li>" in page and 'class="score">mIoU' in page  # legend, per-image score
+    report = json.loads((trained / "scores.json").read_text())
+    assert (f"<th>validation</th><td>mIoU {100 * report['miou']:.2f}% at step 4 on the whole split, "
+            f"scales 1x, fusion hierarchical</td>") in page
     assert list((trained / "pictures").glob("val_*_truth.png"))  # the ground truth
 
 

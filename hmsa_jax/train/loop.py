@@ -480,6 +480,7 @@ def write_validation_pictures(config, model, state, eval_ds, classes, workdir: s
     step_dir = os.path.join(workdir, "checkpoints", str(step))
     header = picture_header(step_dir if os.path.isdir(step_dir) else workdir, step, config.model.name, options)
     header["pictures of"] = f"the first validation images ({config.data.dataset} {config.data.eval_split})"
+    header.update(validation_heading(workdir))
     return write_pictures(
         model, jax.device_get(state.variables), batch["image"][:count], classes,
         os.path.join(workdir, "pictures"), scales=options.scales, fusion=options.fusion,
@@ -487,6 +488,20 @@ def write_validation_pictures(config, model, state, eval_ds, classes, workdir: s
         names=[f"val_{int(i)}" for i in batch["index"][:count]],
         title=f"hmsa train: validation pictures at step {step}", labels=batch["label"][:count],
         header=header)
+
+
+def validation_heading(workdir: str) -> dict:
+    """{"validation": mIoU, step, scales, fusion of the run's last validation} from
+    scores.json, so the pictures page says at which scales the run's score was measured
+    (they may differ from the pictures' scales); {} without one."""
+    try:
+        with open(os.path.join(workdir, run_files.SCORES_JSON)) as f:
+            report = json.load(f)
+        return {"validation": f"mIoU {100 * report['miou']:.2f}% at step {report['step']} on the whole "
+                              f"split, scales {', '.join(f'{s:g}x' for s in report['scales'])}, "
+                              f"fusion {report['fusion']}"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def pictures_to_tensorboard(pictures_dir: str, workdir: str, step: int) -> int:
