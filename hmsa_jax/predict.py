@@ -94,7 +94,9 @@ def _hue_colors(count: int) -> tuple[tuple[int, int, int], ...]:
 
 
 def class_table_for(meta: dict) -> ClassTable:
-    """The class table (names and colours) of a checkpoint, from the names its meta records."""
+    """The class table (names and colours) of a checkpoint: the colours its meta records (the
+    training's own table, so pictures match those of the run), else recognised from the names."""
+    from hmsa_jax.data.sources.scale_bench import CLASSES as SCALE_BENCH_CLASSES
     from hmsa_jax.data.sources.synthetic import ALL_CLASSES, synthetic_classes
 
     num_classes = int(meta["num_classes"])
@@ -110,8 +112,13 @@ def class_table_for(meta: dict) -> ClassTable:
     if len(names) != num_classes:
         raise checkpoint_lib.CheckpointError(
             f"checkpoint meta lists {len(names)} class names for num_classes={num_classes}")
+    colors = meta.get("class_colors")
+    if colors is not None and len(colors) == num_classes:
+        return ClassTable("checkpoint", names, tuple(tuple(int(v) for v in c) for c in colors))
     if names == cityscapes.names:
         return cityscapes
+    if names == SCALE_BENCH_CLASSES.names:
+        return SCALE_BENCH_CLASSES
     if 4 <= num_classes <= len(ALL_CLASSES) and names == synthetic_classes(num_classes).names:
         return synthetic_classes(num_classes)
     return ClassTable("checkpoint", names, _hue_colors(num_classes))

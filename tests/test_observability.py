@@ -168,6 +168,11 @@ def test_the_validation_pictures_page_says_what_made_it(trained):
     assert (f"<th>validation</th><td>mIoU {100 * report['miou']:.2f}% at step 4 on the whole split, "
             f"scales 1x, fusion hierarchical</td>") in page
     assert list((trained / "pictures").glob("val_*_truth.png"))  # the ground truth
+    from hmsa_jax.data.sources.synthetic import synthetic_classes
+    from hmsa_jax.predict import load_model
+
+    loaded = load_model(str(trained))  # predict/eval/autolabel draw with the run's own colours
+    assert loaded.meta["class_colors"] and loaded.classes.colors == synthetic_classes(loaded.num_classes).colors
 
 
 def test_profile_switch_traces_the_chosen_steps(tmp_path, capsys):

@@ -89,6 +89,14 @@ def test_class_tables_from_checkpoint_meta():
                                    ).colors == synthetic_classes(8).colors
     custom = predict.class_table_for({"num_classes": 3, "class_names": ["a", "b", "c"]})
     assert custom.names == ("a", "b", "c") and len(set(custom.colors)) == 3
+    # The colours a training run records win, so predict's pictures match the run's own.
+    recorded = predict.class_table_for({"num_classes": 2, "class_names": ["a", "b"],
+                                        "class_colors": [[1, 2, 3], [4, 5, 6]]})
+    assert recorded.colors == ((1, 2, 3), (4, 5, 6))
+    from hmsa_jax.data.sources.scale_bench import CLASSES
+
+    assert predict.class_table_for({"num_classes": CLASSES.num_classes, "class_names": list(CLASSES.names)}
+                                   ).colors == CLASSES.colors  # recorded before class_colors existed
 
 
 def test_predict_command_writes_pictures_and_index(workdir, images, tmp_path, capsys):

@@ -327,6 +327,7 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                         log, record)
     meta = lambda step, metrics: {"config": resolved, "model": config.model.name,
                                   "num_classes": num_classes, "class_names": list(classes.names),
+                                  "class_colors": [list(c) for c in classes.colors],
                                   "step": step, "metrics": metrics}
     batch_images = config.data.loader.batch_size
     best_miou, last_loss, last_scores = float("nan"), float("nan"), None
