@@ -169,12 +169,13 @@ def aggregate(results: list[dict]) -> dict:
 
 
 TABLE_ROWS = (  # (method, variant, the paper's row)
-    ("single", "{1}", "single scale"),
+    ("single", "1x", "single scale"),
+    ("single", "2x", "single scale, input upscaled 2x (not in the paper)"),
     ("single", "{0.5,1,2}", "multi-scale inference, average (paper's 'average')"),
     ("average", "{0.5,1}", "two-scale training, average"),
     ("average", "{0.5,1,2}", "two-scale training, average"),
     ("explicit", "{0.5,1,2}", "explicit attention (trained on 3 scales)"),
-    ("hierarchical", "{1}", "hierarchical model, 1x only"),
+    ("hierarchical", "1x", "hierarchical model, 1x only"),
     ("hierarchical", "{0.5,1}", "hierarchical"),
     ("hierarchical", "{0.5,1,2}", "hierarchical"),
     ("hierarchical", "{0.25,0.5,1,2}", "hierarchical + 0.25x"),

@@ -100,7 +100,7 @@ def test_scale_study_trains_evaluates_and_reuses_finished_runs(tmp_path):
     assert sum(weights) == pytest.approx(1.0, abs=1e-4)  # effective weights of the 3-scale fuse
     assert all(0 <= v[0] <= 100 and v[2] == 1 for v in cell["miou"].values())
     table = (tmp_path / "out" / "scale_study.md").read_text()
-    assert "| hierarchical (n=1) | {0.5,1,2} |" in table
+    assert "| hierarchical (n=1) | {0.5,1,2} |" in table and "| hierarchical (n=1) | 1x |" in table
 
 
 def test_scale_study_aggregates_mean_and_sample_spread():
