@@ -316,7 +316,7 @@ def train(config, workdir: str, *, stop_after: int | None = None,
     train_fn = step_lib.jit_train_step(model, tx, step_config, mesh, schedule)
     eval_fn = eval_ds = None
     if validating:
-        eval_ds, num_eval_batches, _ = make_eval_dataset(config.data)
+        eval_ds, _, _ = make_eval_dataset(config.data)
         eval_fn = step_lib.jit_eval_step(model, num_classes, mesh, config.validation.scales,
                                          config.validation.fusion)
 
@@ -381,8 +381,7 @@ def train(config, workdir: str, *, stop_after: int | None = None,
                 val_metrics = None
                 every = config.validation.every_steps
                 if validating and ((every > 0 and step % every == 0) or step == total_steps):
-                    confusion = validate(eval_fn, state.variables, eval_ds, num_eval_batches, mesh,
-                                         config.validation.max_batches)
+                    confusion = validate(eval_fn, state.variables, eval_ds, mesh, config.validation.max_batches)
                     last_scores = segmentation_scores(confusion)
                     val_metrics = {"val/miou": last_scores["miou"],
                                    "val/pixel_accuracy": last_scores["pixel_accuracy"],
@@ -434,8 +433,8 @@ def train(config, workdir: str, *, stop_after: int | None = None,
         if is_main:
             log(format_scores(last_scores, classes.names))
     if eval_ds is not None and config.validation.compare_scales:
-        summary["scale_comparison"] = compare_and_report(model, state.variables, eval_ds, num_eval_batches,
-                                                         mesh, num_classes, classes.names, config,
+        summary["scale_comparison"] = compare_and_report(model, state.variables, eval_ds, mesh, num_classes,
+                                                         classes.names, config,
                                                          workdir if is_main else None, log)
     if is_main and eval_ds is not None and config.validation.pictures > 0:
         summary["pictures"] = write_validation_pictures(config, model, state, eval_ds, classes, workdir)
@@ -443,11 +442,11 @@ def train(config, workdir: str, *, stop_after: int | None = None,
     return summary
 
 
-def compare_and_report(model, variables, eval_ds, num_batches, mesh, num_classes, class_names, config,
+def compare_and_report(model, variables, eval_ds, mesh, num_classes, class_names, config,
                        workdir: str | None, log) -> list[dict]:
     """The final checkpoint at single scale and each multi-scale fusion; printed and, on the
     main process, written to <workdir>/scale_comparison.{json,md}."""
-    rows = compare_scales(model, variables, eval_ds, num_batches, mesh, num_classes, class_names,
+    rows = compare_scales(model, variables, eval_ds, mesh, num_classes, class_names,
                           config.validation.max_batches)
     if workdir is not None:
         table = format_comparison(rows)

@@ -12,7 +12,7 @@ from hmsa_jax.train import step as step_lib
 COMPARISON_SCALE_SETS = ((1.0,), (0.5, 1.0), (0.5, 1.0, 2.0), (0.25, 0.5, 1.0, 2.0))
 
 
-def validate(eval_fn, variables, eval_ds, num_batches: int, mesh, max_batches: int = 0) -> np.ndarray:
+def validate(eval_fn, variables, eval_ds, mesh, max_batches: int = 0) -> np.ndarray:
     """The [K, K] confusion matrix over the eval split (or its first max_batches batches)."""
     confusion = None
     for index, batch in enumerate(eval_ds):
@@ -34,14 +34,14 @@ def comparison_variants(attention: str) -> list[tuple[tuple[float, ...], str]]:
             if len(scales) > 1 or fusion == fusions[0]]
 
 
-def compare_scales(model, variables, eval_ds, num_batches: int, mesh, num_classes: int,
+def compare_scales(model, variables, eval_ds, mesh, num_classes: int,
                    class_names, max_batches: int = 0) -> list[dict]:
     """One row per (scales, fusion): mIoU and per-class IoU of the same variables."""
     rows = []
     for scales, fusion in comparison_variants(model.attention):
         eval_fn = step_lib.jit_eval_step(model, num_classes, mesh, scales,
                                          "hierarchical" if fusion == "explicit" else fusion)
-        scores = segmentation_scores(validate(eval_fn, variables, eval_ds, num_batches, mesh, max_batches))
+        scores = segmentation_scores(validate(eval_fn, variables, eval_ds, mesh, max_batches))
         rows.append({"scales": list(scales), "fusion": "single scale" if len(scales) == 1 else fusion,
                      "miou": float(scores["miou"]),
                      "iou": {n: float(v) for n, v in zip(class_names, scores["iou"])}})
