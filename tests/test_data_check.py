@@ -114,7 +114,7 @@ def test_help_lists_the_options(capsys):
 
 
 def test_config_files_and_presets_load():
-    from hmsa_jax.data.config import load_config
+    from hmsa_jax.configlib import load_config
 
     for name, presets in (("synthetic_demo.py", ("", ":tiny")),
                           ("cityscapes.py", ("", ":tfds", ":autolabel", ":trainval")),

@@ -43,7 +43,3 @@ def default_data_config() -> ConfigDict:
     # pad_to (0, 0) = no padding (images must share a size); else (height, width).
     c.eval = ConfigDict(dict(batch_size=8, pad_to=(0, 0), num_workers=0, read_threads=2))
     return c
-
-
-# The loader moved to hmsa_jax.configlib (shared by every command); kept importable here.
-from hmsa_jax.configlib import load_config  # noqa: E402,F401
