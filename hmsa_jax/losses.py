@@ -214,13 +214,20 @@ def rmi_loss(
     return jnp.sum(jnp.mean(half_log_det, axis=0) / float(radius * radius))
 
 
+def _combined_rmi_parts(
+    logits: jax.Array, labels: jax.Array, ignore_label: int, bce_weight: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(combined, BCE, RMI): the criterion and its two unweighted parts."""
+    bce = sigmoid_bce(logits, labels, ignore_label)
+    rmi = rmi_loss(logits, labels, ignore_label)
+    return bce_weight * bce + (1.0 - bce_weight) * rmi, bce, rmi
+
+
 def combined_rmi(
     logits: jax.Array, labels: jax.Array, ignore_label: int = DEFAULT_IGNORE_LABEL, *, bce_weight: float = 0.5
 ) -> jax.Array:
     """The reference's RMI criterion (lambda_way=1): bce_weight * BCE + (1 - bce_weight) * RMI."""
-    return bce_weight * sigmoid_bce(logits, labels, ignore_label) + (1.0 - bce_weight) * rmi_loss(
-        logits, labels, ignore_label
-    )
+    return _combined_rmi_parts(logits, labels, ignore_label, bce_weight)[0]
 
 
 def hmsa_training_loss(
@@ -259,9 +266,7 @@ def hmsa_training_loss(
         main = cross_entropy(logits, labels, ignore_label)
     else:
         crit_aux = lambda x: sigmoid_bce(x, labels, ignore_label)
-        components["main_bce"] = sigmoid_bce(logits, labels, ignore_label)
-        components["main_rmi"] = rmi_loss(logits, labels, ignore_label)
-        main = 0.5 * components["main_bce"] + 0.5 * components["main_rmi"]
+        main, components["main_bce"], components["main_rmi"] = _combined_rmi_parts(logits, labels, ignore_label, 0.5)
     components["main"] = main
     total = main
     if aux_logits is not None:
