@@ -83,6 +83,12 @@ def parse_border(text: str | None) -> BorderMask | None:
     return BorderMask((r0, r1), (c0, c1), (height, width))
 
 
+def check_threshold(threshold: float, name: str = "threshold") -> None:
+    """The one rule for the confidence threshold (the CLI checks it before loading the teacher)."""
+    if not 0.0 <= threshold < 1.0:
+        raise InferenceError(f"{name}={threshold!r}; expected 0 <= threshold < 1")
+
+
 def hard_labels(confidence: np.ndarray, argmax: np.ndarray, threshold: float,
                 keep: np.ndarray | None = None) -> np.ndarray:
     """uint8 [H, W]: argmax where confidence > threshold (and inside `keep`), else ignore."""
@@ -166,8 +172,7 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
     from hmsa_jax.data.imageio import read_rgb, write_png
     from hmsa_jax.predict import local_mesh, normalize_input, pad_batch
 
-    if not 0.0 <= threshold < 1.0:
-        raise InferenceError(f"threshold={threshold!r}; expected 0 <= threshold < 1")
+    check_threshold(threshold)
     mesh = local_mesh()
     devices = mesh.devices.size
     teacher = make_teacher_fn(loaded.model, options, mesh)
@@ -259,8 +264,7 @@ def _autolabel_command(args) -> int:
         raise DataError(f"--images={args.images}: not a folder of images")
     options = cli.inference_options(args)
     border = parse_border(args.border)
-    if not 0.0 <= args.threshold < 1.0:
-        raise InferenceError(f"--threshold={args.threshold}; expected 0 <= threshold < 1")
+    check_threshold(args.threshold, "--threshold")
     cli.check_batch_size(args.batch_size)
     images = find_images([args.images])
     input_checks.check_out_dir(args.out, [args.images])  # labels among the images: refused
@@ -276,5 +280,5 @@ def _autolabel_command(args) -> int:
     return 0
 
 
-__all__ = ["BorderMask", "CITYSCAPES_BORDER", "autolabel_images", "coverage", "hard_labels",
+__all__ = ["BorderMask", "CITYSCAPES_BORDER", "autolabel_images", "check_threshold", "coverage", "hard_labels",
            "make_teacher_fn", "parse_border"]
