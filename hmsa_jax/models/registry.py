@@ -69,7 +69,7 @@ def create_model(name: str, *, num_classes: int = 19, dtype: Any = jnp.float32,
     if isinstance(dtype, str):
         dtype = jnp.dtype(dtype)
     model = _MODELS[name].build(num_classes=num_classes, dtype=dtype, **overrides)
-    model._check_fields()  # fail at creation, not at the first trace
+    model.check_fields()  # fail at creation, not at the first trace
     return model
 
 

@@ -39,7 +39,9 @@ class MultiScaleSegmenter(nn.Module):
     dtype: Any = jnp.float32
     remat_trunk: bool = False  # trade trunk compute for memory at large crops
 
-    def _check_fields(self):
+    def check_fields(self) -> None:
+        """Raise ValueError on a bad field; create_model calls it so a bad model fails at creation,
+        not at its first trace (setup calls it too, for models built from the classes directly)."""
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
         if self.attention not in ATTENTION_MODES:
@@ -123,7 +125,7 @@ class OCRNet(MultiScaleSegmenter):
     ocr_dropout: float = 0.05
 
     def setup(self):
-        self._check_fields()
+        self.check_fields()
         self.backbone = HRNet(self.trunk, self.dtype, remat=self.remat_trunk)
         self.ocr = OCRBlock(self.num_classes, self.ocr_mid_channels, self.ocr_key_channels,
                             self.ocr_dropout, self.dtype)
@@ -143,7 +145,7 @@ class DeepLabV3Plus(MultiScaleSegmenter):
     decoder_channels: int = 256
 
     def setup(self):
-        self._check_fields()
+        self.check_fields()
         conv = lambda f, k, **kw: ops.conv(f, k, dtype=self.dtype, **kw)
         bn = lambda: ops.batch_norm(None, dtype=self.dtype)
         final_init = ops.kaiming_normal_fan_in()  # the reference calls initialize_weights(final)
