@@ -88,3 +88,24 @@ def test_parameters_change_and_loss_is_finite(setup):
     assert _max_abs_diff(initial.params, state.params) > 1e-4
     assert set(metrics) >= {"loss", "loss/main", "loss/scale_0", "loss/scale_1", "grad_norm"}
 
+
+
+def test_steps_make_no_implicit_host_device_transfer(setup):
+    """Under the transfer guard the loop's debug runs use ("disallow"), two steps on device-put
+    state, batches and key run: nothing in the step copies between host and device implicitly."""
+    initial, _ = setup
+    model = hmsa_jax.create_model(MODEL, num_classes=NUM_CLASSES)
+    tx = make_optimizer(learning_rate=0.05, total_steps=100)
+    config = train_step.StepConfig(loss=train_step.LossConfig(criterion="ce"))
+    mesh = parallel.make_mesh(8)
+    step = train_step.jit_train_step(model, tx, config, mesh)
+    state = parallel.replicate(initial, mesh)
+    batches = [parallel.global_batch(_batch(seed), mesh) for seed in (0, 1)]
+    key = parallel.replicate(jax.random.key(1), mesh)
+    with train_step.transfer_guard("disallow"):
+        for batch in batches:
+            state, metrics = step(state, batch, key)
+    assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
+    with pytest.raises(Exception, match="[Dd]isallowed"):  # the guard does catch a host copy
+        with train_step.transfer_guard("disallow"):
+            step(state, _batch(2), key)

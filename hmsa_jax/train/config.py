@@ -94,6 +94,9 @@ def default_config() -> ConfigDict:
         # convolutional nets at a small cost in step time (demo-sized runs are compile-bound).
         cpu_fast_compile=True,
         progress=True,  # the progress bar (off: one log line per log_every)
+        # Debug runs: "log" or "disallow" an implicit host<->device copy inside each training
+        # step (jax.transfer_guard); "" (the default) checks nothing.
+        transfer_guard="",
     ))
     return config
 
@@ -171,7 +174,7 @@ def validate_config(config: ConfigDict) -> None:
     ConfigError naming the key; called before any data is read or anything is compiled."""
     from hmsa_jax import list_models
     from hmsa_jax.multiscale import FUSIONS
-    from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES
+    from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES, TRANSFER_GUARD_MODES
 
     choice, positive = _choice, _positive
     for section in ("data", "model", "train", "optim", "checkpoint", "validation", "distributed",
@@ -213,6 +216,7 @@ def validate_config(config: ConfigDict) -> None:
     positive("checkpoint.keep_best", config.checkpoint.keep_best, allow_zero=True)
     choice("validation.fusion", config.validation.fusion, tuple(FUSIONS))
     choice("distributed.mode", config.distributed.mode, ("auto", "on", "off"))
+    choice("runtime.transfer_guard", config.runtime.transfer_guard, TRANSFER_GUARD_MODES)
     positive("distributed.num_processes", config.distributed.num_processes, allow_zero=True)
     if config.distributed.process_id < -1:
         raise ConfigError(f"config.distributed.process_id={config.distributed.process_id}; "

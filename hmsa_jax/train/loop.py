@@ -358,7 +358,8 @@ def train(config, workdir: str, *, stop_after: int | None = None,
             while step < total_steps and (stop_after is None or step - start_step < stop_after):
                 batch = parallel.global_batch(next(iterator), mesh)
                 profiler.before(step + 1)
-                state, metrics = train_fn(state, batch, dropout_key)
+                with step_lib.transfer_guard(config.runtime.transfer_guard):
+                    state, metrics = train_fn(state, batch, dropout_key)
                 step += 1
                 profiler.after(step, state)
                 if step % config.train.log_every == 0 or step == total_steps:

@@ -8,6 +8,7 @@ batch (synchronised BN) and all-reduces the gradients.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable
@@ -26,6 +27,9 @@ SCALE_MODES = ("model", "average")
 # when the model is built). Wrapping the whole forward in one jax.checkpoint was measured to
 # save nothing (the forward is recomputed as one unit, so the peak is the same).
 REMAT_MODES = ("none", "trunk")
+# runtime.transfer_guard: "" off; "log" / "disallow" an implicit host<->device copy inside a step
+# (jax.transfer_guard; explicit device_put and device_get stay allowed). For debug runs.
+TRANSFER_GUARD_MODES = ("", "log", "disallow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +174,13 @@ def jit_eval_step(model, num_classes: int, mesh: Mesh, scales=(1.0,), fusion="hi
                    out_shardings=replicated)
 
 
-__all__ = ["LossConfig", "REMAT_MODES", "SCALE_MODES", "StepConfig", "eval_step",
+def transfer_guard(mode: str):
+    """A context for one step: jax.transfer_guard(mode), or nothing when mode is ""."""
+    if mode not in TRANSFER_GUARD_MODES:
+        raise ValueError(f"transfer_guard={mode!r}; expected one of {TRANSFER_GUARD_MODES}")
+    return jax.transfer_guard(mode) if mode else contextlib.nullcontext()
+
+
+__all__ = ["LossConfig", "REMAT_MODES", "SCALE_MODES", "StepConfig", "TRANSFER_GUARD_MODES", "eval_step",
            "jit_eval_step", "jit_train_step", "prepare_images", "train_step", "training_forward",
-           "training_loss"]
+           "training_loss", "transfer_guard"]
