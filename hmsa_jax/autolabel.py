@@ -27,7 +27,7 @@ import numpy as np
 
 from hmsa_jax import input_checks
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
-from hmsa_jax.predict import InferenceError
+from hmsa_jax.predict import InferenceError, inference_options
 
 SUMMARY_NAME = "autolabel_summary.json"
 
@@ -262,7 +262,7 @@ def _autolabel_command(args) -> int:
 
     if not os.path.isdir(args.images):
         raise DataError(f"--images={args.images}: not a folder of images")
-    options = cli.inference_options(args)
+    options = inference_options(args)
     border = parse_border(args.border)
     check_threshold(args.threshold, "--threshold")
     cli.check_batch_size(args.batch_size)

@@ -27,7 +27,8 @@ from hmsa_jax.console import plural, progress_bar
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import trainids_read_as_labelids
 from hmsa_jax.metrics import confusion_matrix, format_scores, scores_to_json, segmentation_scores
-from hmsa_jax.predict import InferenceError, InferenceOptions, LoadedModel, make_logits_fn
+from hmsa_jax.predict import (InferenceError, InferenceOptions, LoadedModel, inference_options,
+                              make_logits_fn)
 
 
 @dataclasses.dataclass
@@ -247,7 +248,7 @@ def _eval_command(args, config_args: list[str]) -> int:
     from hmsa_jax import inference_cli as cli
     from hmsa_jax.predict import load_model, picture_header
 
-    options = cli.inference_options(args)  # bad scales fail before anything loads
+    options = inference_options(args)  # bad scales fail before anything loads
     for option, folder in (("--save-predictions", args.save_predictions), ("--show-dir", args.show_dir)):
         if folder:  # output paths fail before the evaluation, not after it
             input_checks.check_output_folder(folder, option)

@@ -47,14 +47,14 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_batch_size(batch_size: int) -> None:
-    from hmsa_jax.predict import InferenceError
+    from hmsa_jax.input_checks import InferenceError
 
     if batch_size < 0:
         raise InferenceError(f"--batch-size={batch_size}; expected 0 (one image per device) or more")
 
 
 def parse_pair(text: str | None, what: str) -> tuple[int, int] | None:
-    from hmsa_jax.predict import InferenceError
+    from hmsa_jax.input_checks import InferenceError
 
     if text is None:
         return None
@@ -65,21 +65,14 @@ def parse_pair(text: str | None, what: str) -> tuple[int, int] | None:
     return first, second
 
 
-def inference_options(args):
-    from hmsa_jax.predict import InferenceOptions, parse_scales
-
-    return InferenceOptions(parse_scales(args.scales, args.fusion), args.fusion, args.flip,
-                            parse_pair(args.window, "--window"), args.overlap)
-
-
 def configure_runtime(runtime=None) -> None:
     """Compilation cache and CPU fast compile as `hmsa train` does (before any backend starts),
     from `runtime` (a config given on this command line) or the defaults: a checkpoint's saved
     runtime section is another machine's and never applies."""
-    from hmsa_jax.train.cli import configure_runtime as configure
+    from hmsa_jax import runtime as runtime_setup
     from hmsa_jax.train.config import default_config
 
-    for note in configure(runtime if runtime is not None else default_config().runtime):
+    for note in runtime_setup.configure_runtime(runtime if runtime is not None else default_config().runtime):
         print(note)
 
 
@@ -95,7 +88,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from hmsa_jax.checkpoint import CheckpointError
     from hmsa_jax.configlib import ConfigError
     from hmsa_jax.data.errors import DataError
-    from hmsa_jax.predict import InferenceError
+    from hmsa_jax.input_checks import InferenceError
 
     # The OSErrors a wrong path gives (an --out that is a file, a read-only folder): their
     # message names the path.
@@ -114,5 +107,5 @@ def run_guarded(prog: str, command: Callable[[], int]) -> int:
 
 
 __all__ = ["add_batch_arguments", "add_checkpoint_arguments", "check_batch_size", "add_inference_arguments", "argument_parser",
-           "configure_runtime", "configure_runtime_for_checkpoint", "inference_options",
+           "configure_runtime", "configure_runtime_for_checkpoint",
            "parse_pair", "run_guarded", "user_errors"]

@@ -19,9 +19,11 @@ MAX_SCALED_PIXELS = 4 * 1024 * 2048 * 4
 MAX_PICTURE_ASPECT = 32
 
 
-def _inference_error(message: str) -> Exception:
-    from hmsa_jax.predict import InferenceError  # predict imports JAX: only when a rule fails
+class InferenceError(ValueError):
+    """Unusable inference input: scales, fusion, images, or a checkpoint that does not fit."""
 
+
+def _inference_error(message: str) -> Exception:
     return InferenceError(message)
 
 

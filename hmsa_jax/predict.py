@@ -32,6 +32,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hmsa_jax import checkpoint as checkpoint_lib
 from hmsa_jax import input_checks, multiscale, ops
+from hmsa_jax.input_checks import InferenceError
 from hmsa_jax.data import labels as label_tables
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import ClassTable
@@ -39,10 +40,6 @@ from hmsa_jax.data.labels import ClassTable
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CONVERTED_FORMAT = "hmsa_jax.converted/1"
-
-
-class InferenceError(ValueError):
-    """Unusable inference input: scales, fusion, images, or a checkpoint that does not fit."""
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -323,6 +320,15 @@ class InferenceOptions:
             object.__setattr__(self, "window", window)
         if not 0 <= self.overlap < 1:
             raise InferenceError(f"overlap={self.overlap!r}; expected 0 <= overlap < 1")
+
+
+def inference_options(args) -> InferenceOptions:
+    """The options an inference command line asks for (its --scales, --fusion, --flip,
+    --window, --overlap); InferenceError naming a bad value."""
+    from hmsa_jax.inference_cli import parse_pair
+
+    return InferenceOptions(parse_scales(args.scales, args.fusion), args.fusion, args.flip,
+                            parse_pair(args.window, "--window"), args.overlap)
 
 
 def make_logits_fn(model, options: InferenceOptions):
@@ -609,7 +615,7 @@ def _predict_command(args) -> int:
 
     cli.check_batch_size(args.batch_size)
     images = find_images(args.inputs)  # before any compilation: bad paths fail fast
-    options = cli.inference_options(args)
+    options = inference_options(args)
     input_checks.check_out_dir(args.out, args.inputs)  # else the next run predicts its pictures
     input_checks.check_inputs_fit(images, options.scales, pictures=True)
     cli.configure_runtime()  # this machine's defaults, not the checkpoint's

@@ -90,7 +90,7 @@ def test_a_checkpoints_runtime_settings_do_not_apply_here(checkpoint_from_elsewh
     from PIL import Image
 
     from hmsa_jax import autolabel, evaluate, predict
-    from hmsa_jax.train import cli as train_cli
+    from hmsa_jax import runtime as runtime_setup
     from hmsa_jax.train.config import default_config
 
     workdir, root = checkpoint_from_elsewhere
@@ -100,7 +100,7 @@ def test_a_checkpoints_runtime_settings_do_not_apply_here(checkpoint_from_elsewh
         applied.append(runtime.to_dict())
         raise _Configured
 
-    monkeypatch.setattr(train_cli, "configure_runtime", record)
+    monkeypatch.setattr(runtime_setup, "configure_runtime", record)
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (8, 8)).save(images / "a.png")

@@ -28,40 +28,7 @@ import os
 import shlex
 import sys
 
-CPU_FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
-_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
-                        "jax_rocm7_plugin", "libtpu")
-
-
-def _cpu_only() -> bool:
-    """Whether JAX will run on the CPU, decided without initialising a backend (XLA flags must
-    be set before that)."""
-    import importlib.util
-
-    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
-    if platforms:
-        return platforms == "cpu"
-    return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_PLUGINS)
-
-
-def configure_runtime(runtime) -> list[str]:
-    """Persistent compilation cache and, on CPU, fast compilation. Returns what it did."""
-    import jax
-    from jax._src import xla_bridge
-
-    notes = []
-    if runtime.compile_cache and not jax.config.jax_compilation_cache_dir:
-        cache = os.path.expanduser(runtime.compile_cache)
-        os.makedirs(cache, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-        notes.append(f"compilation cache: {cache}")
-    flags = os.environ.get("XLA_FLAGS", "")
-    if (runtime.cpu_fast_compile and _cpu_only() and "xla_backend_optimization_level" not in flags
-            and not xla_bridge.backends_are_initialized()):
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_FAST_COMPILE_FLAG}".strip()
-        notes.append(f"CPU: XLA_FLAGS+={CPU_FAST_COMPILE_FLAG} (runtime.cpu_fast_compile)")
-    return notes
+from hmsa_jax.runtime import configure_runtime
 
 
 def _define_flags(values) -> None:
