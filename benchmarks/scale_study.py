@@ -68,9 +68,7 @@ def validation_set(config) -> tuple[np.ndarray, np.ndarray]:
 
 def make_outputs_fn(model):
     """images -> ({variant: predictions}, {map name: [B, H, W] values}) for one checkpoint."""
-    size_of = lambda images: images.shape[1:3]
-
-    def single_scale_variants(per_scale, images):
+    def single_scale_variants(per_scale):
         target = per_scale[1.0]["logits"]
         logits = {f"{s:g}x": ops.resize_like(per_scale[s]["logits"], target) for s in ALL_SCALES}
         fusion = "hierarchical" if model.attention == "hierarchical" else "avg"
@@ -91,9 +89,9 @@ def make_outputs_fn(model):
         else:
             out = model.apply(variables, images, train=False, scales=ALL_SCALES, fusion="avg")
             per_scale = out["per_scale"]
-            logits = single_scale_variants(per_scale, images)
+            logits = single_scale_variants(per_scale)
             if model.attention == "hierarchical":
-                size = size_of(images)
+                size = images.shape[1:3]
                 maps["a0.5 vs 1x"] = ops.resize_bilinear(per_scale[0.5]["attention"], size)[..., 0]
                 maps["a1 vs 2x"] = per_scale[1.0]["attention"][..., 0]
                 three = {s: per_scale[s]["attention"] for s in (0.5, 1.0, 2.0)}
