@@ -181,8 +181,6 @@ def _explain_file_error(error: Exception, argv: list[str]) -> str:
 
 def _check_override_keys(argv: list[str]) -> None:
     """Name the unknown key of a `--config.a.b=v` override (config_flags only says 'b')."""
-    from ml_collections import config_flags
-
     config_args = [a for a in argv if a.startswith("--config=")]
     overrides = [a for a in argv if a.startswith("--config.")]
     if overrides and not config_args:
@@ -192,8 +190,7 @@ def _check_override_keys(argv: list[str]) -> None:
         return
     path = config_args[-1].split("=", 1)[1]
     try:
-        base = config_flags.config_flags._LoadConfigModule("config", path.split(":")[0])  # noqa
-        config = base.get_config(*path.split(":")[1:2])
+        config = _run_get_config(path)
     except Exception:  # the full parse below reports problems with the file itself
         return
     for override in overrides:
@@ -206,6 +203,17 @@ def _check_override_keys(argv: list[str]) -> None:
                 raise ConfigError(f"{path}: {override.split('=', 1)[0]}: unknown key {key!r} in "
                                   f"{where}; expected one of {known}")
             node, walked = node[key], walked + [key]
+
+
+def _run_get_config(path: str):
+    """`get_config(preset)` of `file.py[:preset]`, the file imported as a fresh module."""
+    import importlib.util
+
+    file, *preset = path.split(":", 1)
+    spec = importlib.util.spec_from_file_location("hmsa_config_file", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*preset)
 
 
 def _explain(error: Exception, argv: list[str]) -> str:

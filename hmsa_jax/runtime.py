@@ -19,10 +19,24 @@ def _cpu_only() -> bool:
     return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_PLUGINS)
 
 
+def _backend_started() -> bool:
+    """Whether a JAX backend already exists (it read XLA_FLAGS when it started). JAX has no
+    public query for this, but refuses to change jax_num_cpu_devices once a backend exists: try
+    another value and put the old one back."""
+    import jax
+
+    current = jax.config.jax_num_cpu_devices
+    try:
+        jax.config.update("jax_num_cpu_devices", 2 if current == 1 else 1)
+    except RuntimeError:
+        return True
+    jax.config.update("jax_num_cpu_devices", current)
+    return False
+
+
 def configure_runtime(runtime) -> list[str]:
     """Persistent compilation cache and, on CPU, fast compilation. Returns what it did."""
     import jax
-    from jax._src import xla_bridge
 
     notes = []
     if runtime.compile_cache and not jax.config.jax_compilation_cache_dir:
@@ -33,7 +47,7 @@ def configure_runtime(runtime) -> list[str]:
         notes.append(f"compilation cache: {cache}")
     flags = os.environ.get("XLA_FLAGS", "")
     if (runtime.cpu_fast_compile and _cpu_only() and "xla_backend_optimization_level" not in flags
-            and not xla_bridge.backends_are_initialized()):
+            and not _backend_started()):
         os.environ["XLA_FLAGS"] = f"{flags} {CPU_FAST_COMPILE_FLAG}".strip()
         notes.append(f"CPU: XLA_FLAGS+={CPU_FAST_COMPILE_FLAG} (runtime.cpu_fast_compile)")
     return notes
