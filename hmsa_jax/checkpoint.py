@@ -45,9 +45,6 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 # step's files one by one, and a process killed midway would leave a partial "<step>/" folder
 # that looks complete.
 TODELETE_SUBDIR = "todelete"
-# Counters added to TrainState after the first checkpoints were written; restored as 0 from
-# checkpoints without them.
-OPTIONAL_STATE_KEYS = ("nonfinite_streak", "skipped_steps")
 MANIFEST = "hmsa_manifest.json"
 MANIFEST_FORMAT = "hmsa_jax.manifest/1"
 CORRUPT_SUBDIR = "corrupt"
@@ -387,19 +384,11 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{manager.directory}: no checkpoint to restore")
-    target = state_tree(abstract_state)
-    stored_keys = _stored_state_keys(os.path.join(str(manager.directory), str(step)))
-    absent = [key for key in OPTIONAL_STATE_KEYS if stored_keys is not None and key not in stored_keys]
-    for key in absent:
-        del target[key]
-    items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
+    items = {STATE: ocp.args.StandardRestore(state_tree(abstract_state)), META: ocp.args.JsonRestore()}
     if data_iterator is not None:
         items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-    tree = dict(restored[STATE])
-    for key in absent:
-        tree[key] = _zeros_like(getattr(abstract_state, key))
-    state = abstract_state.replace(**tree)
+    state = abstract_state.replace(**restored[STATE])
     return state, restored.get(DATA_ITER) if data_iterator is not None else None, restored[META]
 
 
@@ -475,23 +464,6 @@ def stored_tree_metadata(item_dir: str):
         stored = ocp.PyTreeCheckpointer().metadata(item_dir)
     stored = getattr(stored, "item_metadata", stored)
     return getattr(stored, "tree", stored)
-
-
-def _stored_state_keys(step_dir: str) -> set[str] | None:
-    """Top-level keys of a step's saved state (None if its metadata cannot be read)."""
-    try:
-        stored = stored_tree_metadata(os.path.join(step_dir, STATE))
-    except Exception:  # noqa: BLE001 - then restore everything and let Orbax report
-        return None
-    return set(stored) if isinstance(stored, dict) else None
-
-
-def _zeros_like(abstract) -> jax.Array:
-    import jax.numpy as jnp
-
-    sharding = getattr(abstract, "sharding", None)
-    zeros = jnp.zeros(abstract.shape, abstract.dtype)
-    return jax.device_put(zeros, sharding) if sharding is not None else zeros
 
 
 def step_candidates(directory: str) -> list[int]:

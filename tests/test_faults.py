@@ -132,23 +132,6 @@ def test_torn_metrics_line_is_dropped(tmp_path):
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
-def test_old_checkpoint_without_fault_counters_restores_with_zeros(tmp_path):
-    params = {"w": jnp.ones(2)}
-    tx = optax.sgd(0.1)
-    state = TrainState(step=jnp.int32(4), params=params, batch_stats={}, opt_state=tx.init(params))
-    manager = checkpoint.make_manager(str(tmp_path))
-    old_tree = {k: v for k, v in checkpoint.state_tree(state).items()
-                if k not in checkpoint.OPTIONAL_STATE_KEYS}
-    import orbax.checkpoint as ocp
-    manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(old_tree),
-                                            meta=ocp.args.JsonSave({"step": 4})))
-    manager.wait_until_finished()
-    restored, _, _ = checkpoint.restore(manager, jax.eval_shape(lambda: state))
-    manager.close()
-    assert int(restored.step) == 4 and int(restored.skipped_steps) == 0
-    assert int(restored.nonfinite_streak) == 0
-
-
 # ---------------------------------------------------------------- distributed plan (pure)
 
 class _Settings:
