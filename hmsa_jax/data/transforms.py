@@ -61,8 +61,10 @@ def denormalize_image(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((image * _STD + _MEAN) * 255.0), 0, 255).astype(np.uint8)
 
 
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """floor(H*s) x floor(W*s), as the reference rescales, never below 1 px."""
+def scaled_size_at_least_1px(height: int, width: int, scale: float) -> tuple[int, int]:
+    """floor(H*s) x floor(W*s), at least 1 px: the size the reference's RandomSizeAndCrop
+    resizes a training image to (`int(w * scale_amt)`). The model's rescaling rule,
+    `ops.scaled_size` (F.interpolate's), refuses an empty size instead of clamping."""
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
@@ -89,7 +91,7 @@ def scale_pad_crop(image: np.ndarray, label: np.ndarray, scale: float, crop_size
     source pixels) inside the crop when given."""
     height, width = label.shape
     crop_h, crop_w = crop_size
-    scaled_h, scaled_w = scaled_size(height, width, scale)
+    scaled_h, scaled_w = scaled_size_at_least_1px(height, width, scale)
     factor_y, factor_x = height / scaled_h, width / scaled_w
     cy, cx = centroid if centroid is not None else (None, None)
     y0 = _crop_origin(rng, max(scaled_h, crop_h), crop_h, cy, scaled_h, factor_y)

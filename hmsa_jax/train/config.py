@@ -29,7 +29,7 @@ def default_config() -> ConfigDict:
     config.train = ConfigDict(dict(
         steps=0,  # 0: epochs x steps per epoch
         epochs=175.0,
-        criterion="rmi",  # rmi | ce
+        criterion="rmi",  # one of losses.CRITERIA: rmi | ce
         aux_weight=0.4,
         scale_supervision_weight=0.05,
         ignore_label=255,
@@ -173,6 +173,7 @@ def validate_config(config: ConfigDict) -> None:
     """Check values ml_collections' typing cannot: names, choices, shapes and ranges. Raises
     ConfigError naming the key; called before any data is read or anything is compiled."""
     from hmsa_jax import list_models
+    from hmsa_jax.losses import CRITERIA
     from hmsa_jax.multiscale import FUSIONS
     from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES, TRANSFER_GUARD_MODES
 
@@ -190,7 +191,7 @@ def validate_config(config: ConfigDict) -> None:
                           f"dataset's count) or >= 2")
     if not 0 < config.model.lo_scale < 1:
         raise ConfigError(f"config.model.lo_scale={config.model.lo_scale!r}; expected in (0, 1)")
-    choice("train.criterion", config.train.criterion, ("rmi", "ce"))
+    choice("train.criterion", config.train.criterion, CRITERIA)
     choice("train.scale_mode", config.train.scale_mode, SCALE_MODES)
     choice("train.remat", config.train.remat, REMAT_MODES)
     positive("train.steps", config.train.steps, allow_zero=True)
@@ -249,7 +250,7 @@ def _check_scaled_sizes(config: ConfigDict) -> None:
     built-in datasets (whose image size the config holds), their images at the validation and
     picture scales."""
     crop = tuple(config.data.augment.crop_size)
-    if min(int(side * config.model.lo_scale) for side in crop) < 1:
+    if _empty_at(*crop, config.model.lo_scale):
         raise ConfigError(f"config.model.lo_scale={config.model.lo_scale} makes the "
                           f"{crop[0]}x{crop[1]} training crop empty; expected a crop of at least "
                           f"{math.ceil(1 / config.model.lo_scale)} pixels each way")
@@ -258,10 +259,21 @@ def _check_scaled_sizes(config: ConfigDict) -> None:
     size = config.data[config.data.dataset]
     for field in ("scales", "picture_scales"):
         for scale in config.validation[field]:
-            if min(int(size.height * scale), int(size.width * scale)) < 1:
+            if _empty_at(size.height, size.width, scale):
                 raise ConfigError(f"config.validation.{field}: scale {scale:g} makes the "
                                   f"{size.height}x{size.width} {config.data.dataset} images empty; "
                                   f"expected every scale to leave at least 1 pixel each way")
+
+
+def _empty_at(height: int, width: int, scale: float) -> bool:
+    """Whether the model's rescaling rule (ops.scaled_size) leaves no pixel."""
+    from hmsa_jax.ops import scaled_size
+
+    try:
+        scaled_size(height, width, scale)
+    except ValueError:
+        return True
+    return False
 
 
 def _model_attention(name: str) -> str:
