@@ -6,9 +6,8 @@ import pytest
 from PIL import Image
 
 from hmsa_jax.data import class_uniform, transforms
-from hmsa_jax.data.class_uniform import Centroids, label_centroids
+from hmsa_jax.data.class_uniform import Centroids, build_epoch_plan, label_centroids
 from hmsa_jax.data.errors import DataError
-from hmsa_jax.data.sampling import build_epoch_plan
 from hmsa_jax.data.sources import SyntheticScenes
 from hmsa_jax.data.sources import synthetic as syn
 

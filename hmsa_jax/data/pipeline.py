@@ -19,10 +19,9 @@ import grain
 import numpy as np
 
 from hmsa_jax.data import transforms
-from hmsa_jax.data.class_uniform import Centroids
+from hmsa_jax.data.class_uniform import Centroids, EpochPlan, build_epoch_plan
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import IGNORE_LABEL
-from hmsa_jax.data.sampling import EpochPlan, build_epoch_plan
 from hmsa_jax.data.sources.base import Source
 
 _AUGMENT_STREAM = 0xA06
@@ -133,7 +132,7 @@ def train_dataset(source: Source, augment: transforms.AugmentConfig, *, global_b
 
     `source` records 0..num_primary-1 are the fine set (an epoch is `epoch_size` samples,
     default num_primary); records from num_primary on are auto-labelled extras, drawn with
-    `extra_probability` (see sampling.py). `centroids` enable class-uniform sampling.
+    `extra_probability` (see class_uniform.py). `centroids` enable class-uniform sampling.
     """
     process_index, process_count = _process_layout(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, process_count, "global_batch_size")
