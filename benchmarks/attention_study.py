@@ -52,7 +52,7 @@ def make_study_fn(model):
     import jax.numpy as jnp
 
     from hmsa_jax import ops
-    from hmsa_jax.predict import scale_weights
+    from hmsa_jax.inference import scale_weights
 
     @jax.jit
     def study(variables, images):
@@ -74,7 +74,7 @@ def run(checkpoint: str, out_dir: str, max_images: int = 0, batch_size: int = 8)
     from hmsa_jax.data.build import build_source
     from hmsa_jax.data.transforms import normalize_image
     from hmsa_jax.metrics import segmentation_scores
-    from hmsa_jax.predict import load_model
+    from hmsa_jax.loading import load_model
 
     loaded = load_model(checkpoint)
     config = ConfigDict(loaded.meta["config"])

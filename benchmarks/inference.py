@@ -1,7 +1,7 @@
 """Inference latency and images/s of hierarchical fusion per scale set, with and without flip.
 
-Each scale set is one jitted forward (`model.apply(..., train=False, scales=...)`, what
-`hmsa_jax.make_predict_fn` compiles). `--outputs all` returns every output as make_predict_fn
+Each scale set is one jitted forward (`hmsa_jax.make_predict_fn`'s: `model.apply(...,
+train=False, scales=...)`). `--outputs all` returns every output as make_predict_fn
 does today (fused logits and aux logits, and each scale's logits/aux/attention at its input
 size); `--outputs logits` returns only the fused logits, which is all an evaluation needs.
 Flip = the mean of the logits of the image and of its horizontal mirror (mirrored back): two
@@ -28,16 +28,14 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def make_forward(model, scales: tuple[float, ...], outputs: str):
-    """jitted (variables, images) -> outputs dict ('all') or {'logits': fused logits}."""
+    """jitted (variables, images) -> outputs dict ('all') or {'logits': fused logits}: the
+    forward of make_predict_fn, as a jitted function to lower."""
     import jax
 
-    def forward(variables, images):
-        result = model.apply(variables, images, train=False, scales=scales)
-        if outputs == "logits":
-            return {"logits": result["logits"]}
-        return result
+    from hmsa_jax import make_predict_fn
 
-    return jax.jit(forward)
+    predict = make_predict_fn(model, None if outputs == "all" else ("logits",))
+    return jax.jit(lambda variables, images: predict(variables, images, scales=scales))
 
 
 def flip_average(forward, variables, images):

@@ -24,7 +24,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from hmsa_jax.predict import Predictor
+    from hmsa_jax.inference import Predictor
 
     jax.config.update("jax_platforms", "cpu")
     predictor = Predictor.from_checkpoint(args.checkpoint, scales=args.scales)

@@ -35,8 +35,9 @@ from hmsa_jax.configlib import load_config
 from hmsa_jax.data.build import build_source
 from hmsa_jax.data.sources.scale_bench import LARGE_CLASSES, THIN_CLASSES
 from hmsa_jax.data.transforms import normalize_image
+from hmsa_jax.inference import scale_weights
+from hmsa_jax.loading import load_model
 from hmsa_jax.metrics import segmentation_scores
-from hmsa_jax.predict import load_model, scale_weights
 from hmsa_jax.train.loop import train, write_json_atomically
 
 FAMILIES = {"resnet": "resnet_tiny_deeplabv3plus", "hrnet": "hrnet_tiny_ocr"}

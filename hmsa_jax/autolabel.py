@@ -25,9 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmsa_jax import input_checks
+from hmsa_jax import inference_cli as cli
+from hmsa_jax import input_checks, parallel
+from hmsa_jax.batching import same_size_batches, stack
+from hmsa_jax.console import progress_bar
+from hmsa_jax.data.errors import DataError
+from hmsa_jax.data.imageio import read_rgb, write_png
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
-from hmsa_jax.predict import InferenceError, inference_options
+from hmsa_jax.inference import inference_options, make_logits_fn, normalize_input, pad_batch
+from hmsa_jax.input_checks import InferenceError
+from hmsa_jax.loading import load_model
+from hmsa_jax.predict import find_images
 
 SUMMARY_NAME = "autolabel_summary.json"
 
@@ -110,10 +118,6 @@ def coverage(labels: np.ndarray, classes: ClassTable) -> dict:
 def make_teacher_fn(model, options, mesh=None):
     """jit(variables, normalised images) -> (max softmax probability, argmax), both [B, H, W];
     with `mesh` the batch is split over its "data" axis (variables replicated)."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from hmsa_jax.predict import make_logits_fn
-
     logits_fn = make_logits_fn(model, options)
 
     def teacher(variables, images):
@@ -122,7 +126,7 @@ def make_teacher_fn(model, options, mesh=None):
 
     if mesh is None:
         return jax.jit(teacher)
-    return jax.jit(teacher, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
+    return jax.jit(teacher, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
 
 
 def _done_before(stats_path: str, settings: dict, overwrite: bool) -> dict | None:
@@ -165,18 +169,11 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
     with the same settings are kept and counted, so an interrupted run continues where it
     stopped; other settings are refused unless `overwrite`. `quiet=False`: a progress bar (on
     a terminal)."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from hmsa_jax.batching import same_size_batches, stack
-    from hmsa_jax.console import progress_bar
-    from hmsa_jax.data.imageio import read_rgb, write_png
-    from hmsa_jax.predict import local_mesh, normalize_input, pad_batch
-
     check_threshold(threshold)
-    mesh = local_mesh()
+    mesh = parallel.make_mesh(local=True)
     devices = mesh.devices.size
     teacher = make_teacher_fn(loaded.model, options, mesh)
-    variables = jax.device_put(loaded.variables, NamedSharding(mesh, P()))
+    variables = jax.device_put(loaded.variables, parallel.replicated(mesh))
     settings = {"checkpoint": loaded.path, "model": loaded.model_name, "threshold": threshold,
                 "scales": list(options.scales), "fusion": options.fusion, "flip": options.flip,
                 "window": None if options.window is None else list(options.window),
@@ -234,8 +231,6 @@ def autolabel_images(loaded, images: Sequence[tuple[str, str]], out_dir: str, op
 
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str]) -> int:
-    from hmsa_jax import inference_cli as cli
-
     parser = cli.argument_parser("hmsa autolabel", "hard-threshold teacher labels for a folder of "
                                  "images, usable as data.autolabel of a training config")
     cli.add_checkpoint_arguments(parser)
@@ -256,10 +251,6 @@ def main(argv: list[str]) -> int:
 
 
 def _autolabel_command(args) -> int:
-    from hmsa_jax import inference_cli as cli
-    from hmsa_jax.data.errors import DataError
-    from hmsa_jax.predict import find_images, load_model
-
     if not os.path.isdir(args.images):
         raise DataError(f"--images={args.images}: not a folder of images")
     options = inference_options(args)

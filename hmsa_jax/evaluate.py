@@ -26,9 +26,11 @@ from hmsa_jax import input_checks, parallel
 from hmsa_jax.console import plural, progress_bar
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import trainids_read_as_labelids
+from hmsa_jax.inference import InferenceOptions, inference_options, make_logits_fn
+from hmsa_jax.input_checks import InferenceError
+from hmsa_jax.loading import LoadedModel, load_model
 from hmsa_jax.metrics import confusion_matrix, format_scores, scores_to_json, segmentation_scores
-from hmsa_jax.predict import (InferenceError, InferenceOptions, LoadedModel, inference_options,
-                              make_logits_fn)
+from hmsa_jax.visualize import picture_header, write_pictures
 
 
 @dataclasses.dataclass
@@ -165,10 +167,9 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
 
 def show_pictures(loaded: LoadedModel, data, options: InferenceOptions, directory: str, *,
                   max_images: int, header: dict) -> str:
-    """The pictures page (hmsa_jax.predict.write_pictures, with ground truth and per-image mIoU)
+    """The pictures page (hmsa_jax.visualize.write_pictures, with ground truth and per-image mIoU)
     of the first `max_images` images of the eval split; returns its index.html."""
     from hmsa_jax.data.build import make_eval_dataset
-    from hmsa_jax.predict import write_pictures
 
     eval_ds, _, source = make_eval_dataset(data)
     images, labels, names = [], [], []
@@ -246,7 +247,6 @@ def _checkpoint_data_config(meta: dict, checkpoint: str):
 
 def _eval_command(args, config_args: list[str]) -> int:
     from hmsa_jax import inference_cli as cli
-    from hmsa_jax.predict import load_model, picture_header
 
     options = inference_options(args)  # bad scales fail before anything loads
     for option, folder in (("--save-predictions", args.save_predictions), ("--show-dir", args.show_dir)):

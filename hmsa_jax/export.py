@@ -23,14 +23,21 @@ import json
 import os
 import zipfile
 
+import jax
+import jax.numpy as jnp
+
+from hmsa_jax import inference_cli as cli
+from hmsa_jax.data.transforms import normalize_image
+from hmsa_jax.inference import InferenceOptions, make_logits_fn, parse_scales
+from hmsa_jax.input_checks import InferenceError
+from hmsa_jax.loading import load_model
+
 FORMAT = "hmsa_jax.exported/1"
 MANIFEST, PROGRAM = "manifest.json", "predictor.jaxexport"
 
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1024x2048' (or '1024,2048') -> (height, width)."""
-    from hmsa_jax.predict import InferenceError
-
     try:
         height, width = (int(v) for v in text.lower().replace(",", "x").split("x"))
     except ValueError:
@@ -43,11 +50,6 @@ def parse_size(text: str) -> tuple[int, int]:
 def predictor_function(model, variables, options):
     """images uint8 [B, H, W, 3] -> {"labels", "logits"}: normalisation, multi-scale fusion and
     flip as `Predictor` does them, variables closed over (they become constants when exported)."""
-    import jax.numpy as jnp
-
-    from hmsa_jax.data.transforms import normalize_image
-    from hmsa_jax.predict import make_logits_fn
-
     logits_fn = make_logits_fn(model, options)
 
     def predict(images):
@@ -59,17 +61,13 @@ def predictor_function(model, variables, options):
 
 def export_predictor(loaded, options, size: tuple[int, int], platforms=("cpu",)):
     """jax.export.Exported of `predictor_function` for uint8 images of `size`, any batch size."""
-    import jax
-
     batch = jax.export.symbolic_shape("b")[0]
-    images = jax.ShapeDtypeStruct((batch, *size, 3), jax.numpy.uint8)
+    images = jax.ShapeDtypeStruct((batch, *size, 3), jnp.uint8)
     function = jax.jit(predictor_function(loaded.model, jax.device_get(loaded.variables), options))
     return jax.export.export(function, platforms=tuple(platforms))(images)
 
 
 def manifest_for(loaded, options, size, exported) -> dict:
-    import jax
-
     num_classes = loaded.num_classes
     return {
         "format": FORMAT, "model": loaded.model_name, "checkpoint": loaded.path,
@@ -101,8 +99,6 @@ def write_exported(path: str, manifest: dict, exported) -> str:
 def read_exported(path: str):
     """(manifest, jax.export.Exported) of a file `hmsa export` wrote; ValueError naming the
     file for another format or version."""
-    import jax
-
     with zipfile.ZipFile(path) as archive:
         manifest = json.loads(archive.read(MANIFEST))
         if manifest.get("format") != FORMAT:
@@ -112,8 +108,6 @@ def read_exported(path: str):
 
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str]) -> int:
-    from hmsa_jax import inference_cli as cli
-
     parser = cli.argument_parser(
         "hmsa export", "serialise a checkpoint's predictor (jax.export, StableHLO) into one file that "
         "a plain jax install runs: uint8 images [B, H, W, 3] -> labels and logits")
@@ -130,9 +124,6 @@ def main(argv: list[str]) -> int:
 
 
 def _export_command(args) -> int:
-    from hmsa_jax import inference_cli as cli
-    from hmsa_jax.predict import InferenceError, InferenceOptions, load_model, parse_scales
-
     options = InferenceOptions(parse_scales(args.scales, args.fusion), args.fusion, args.flip)
     size = parse_size(args.size)
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())

@@ -7,6 +7,13 @@ import argparse
 import sys
 from typing import Callable
 
+from hmsa_jax import runtime as runtime_setup
+from hmsa_jax.checkpoint import CheckpointError
+from hmsa_jax.configlib import ConfigError
+from hmsa_jax.data.errors import DataError
+from hmsa_jax.input_checks import InferenceError
+from hmsa_jax.train.config import default_config
+
 FUSION_CHOICES = ("hierarchical", "avg", "max")
 
 
@@ -47,15 +54,11 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_batch_size(batch_size: int) -> None:
-    from hmsa_jax.input_checks import InferenceError
-
     if batch_size < 0:
         raise InferenceError(f"--batch-size={batch_size}; expected 0 (one image per device) or more")
 
 
 def parse_pair(text: str | None, what: str) -> tuple[int, int] | None:
-    from hmsa_jax.input_checks import InferenceError
-
     if text is None:
         return None
     try:
@@ -69,9 +72,6 @@ def configure_runtime(runtime=None) -> None:
     """Compilation cache and CPU fast compile as `hmsa train` does (before any backend starts),
     from `runtime` (a config given on this command line) or the defaults: a checkpoint's saved
     runtime section is another machine's and never applies."""
-    from hmsa_jax import runtime as runtime_setup
-    from hmsa_jax.train.config import default_config
-
     for note in runtime_setup.configure_runtime(runtime if runtime is not None else default_config().runtime):
         print(note)
 
@@ -85,11 +85,6 @@ def configure_runtime_for_checkpoint(path: str) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean 'bad input', printed as one line instead of a traceback."""
-    from hmsa_jax.checkpoint import CheckpointError
-    from hmsa_jax.configlib import ConfigError
-    from hmsa_jax.data.errors import DataError
-    from hmsa_jax.input_checks import InferenceError
-
     # The OSErrors a wrong path gives (an --out that is a file, a read-only folder): their
     # message names the path.
     return (CheckpointError, ConfigError, DataError, InferenceError, FileNotFoundError,

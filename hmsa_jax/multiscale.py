@@ -126,3 +126,24 @@ FUSIONS: dict[str, Callable] = {
     "avg": average_fuse,
     "max": max_fuse,
 }
+
+
+def fusion_fits(fusion: str, attention: str, num_scales: int) -> bool:
+    """Whether a model with `attention` ("hierarchical", "explicit" or "none") can fuse
+    `num_scales` scales by `fusion`: hierarchical fusion of several scales chains the
+    scale-attention head's outputs, so it needs that head; avg and max fit any model, one scale
+    needs no fusion, and an explicit-attention model weighs its fixed scales itself."""
+    return fusion != "hierarchical" or num_scales < 2 or attention in ("hierarchical", "explicit")
+
+
+def check_fusion(fusion: str, attention: str, num_scales: int, error: type[Exception] = ValueError,
+                 name: str = "fusion", model: str = "this model") -> None:
+    """Raise `error` (the caller's type for its kind of mistake: ConfigError for a config,
+    InferenceError for inference options) when `fusion` is unknown or does not fit the model
+    (`fusion_fits`). `name` is the setting as its user wrote it, `model` what to call the model."""
+    if fusion not in FUSIONS:
+        raise error(f"{name}={fusion!r}; expected one of {tuple(FUSIONS)}")
+    if not fusion_fits(fusion, attention, num_scales):
+        raise error(f"{name}='hierarchical' needs a model with attention='hierarchical' (the scale-"
+                    f"attention head); {model} has attention={attention!r}: use 'avg' or 'max', "
+                    f"or one scale")

@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hmsa_jax.data.labels import IMAGENET_MEAN, IMAGENET_STD
 
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1: running = 0.9 * running + 0.1 * batch.
 BN_EPSILON = 1e-5
@@ -192,9 +191,9 @@ def channel_dropout(rate: float, train: bool, name: str | None = None) -> nn.Dro
     return nn.Dropout(rate, broadcast_dims=(1, 2), deterministic=not train, name=name)
 
 
-def normalize_images(images: jax.Array) -> jax.Array:
-    """RGB in [0, 1] -> ImageNet-normalised float32 (the reference's input convention)."""
-    x = jnp.asarray(images, jnp.float32)
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    return (x - mean) / std
+def normalize_images(images):
+    """RGB in [0, 1] -> ImageNet-normalised float32 (the reference's input convention): a numpy
+    array stays on the host (numpy arithmetic), a jax array (or tracer) stays on its device."""
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    return (images.astype(np.float32) - mean) / std

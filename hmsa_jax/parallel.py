@@ -21,19 +21,23 @@ from hmsa_jax.console import plural
 DATA_AXIS = "data"
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
+def make_mesh(num_devices: int | None = None, local: bool = False) -> Mesh:
     """A 1-D mesh over the first `num_devices` devices (all, of all processes, by default),
-    axis "data".
+    axis "data". `local`: this process's devices only (predict and autolabel work per
+    process).
 
     Axes are Auto: Explicit axes (jax.make_mesh's default) reject bincount-style reductions.
     """
-    # Grouped by process, so that process p's devices hold the global rows p*B/P..(p+1)*B/P-1,
-    # the rows its data pipeline loads.
-    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    if local:
+        devices = jax.local_devices()
+    else:
+        # Grouped by process, so that process p's devices hold the global rows p*B/P..(p+1)*B/P-1,
+        # the rows its data pipeline loads.
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
             raise ValueError(f"num_devices={num_devices}; this process sees {plural(len(devices), 'device')}")
-        if jax.process_count() > 1 and num_devices != len(devices):
+        if not local and jax.process_count() > 1 and num_devices != len(devices):
             raise ValueError(f"num_devices={num_devices} in a {jax.process_count()}-process job; "
                              f"multi-process runs use every device ({len(devices)}): set 0")
         devices = devices[:num_devices]

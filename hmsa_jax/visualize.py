@@ -1,5 +1,6 @@
 """Pictures of predictions: colour-coded labels, overlays, attention heatmaps, a Figure-3 style
-panel per image and an HTML index to browse them. numpy + PIL + matplotlib (Agg), no JAX.
+panel per image and an HTML index to browse them (numpy + PIL + matplotlib, Agg), and
+`write_pictures`, which runs a Predictor over a few images and draws all of that.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 from PIL import Image
 
 from hmsa_jax.data.labels import ClassTable
+from hmsa_jax.data.transforms import denormalize_image
+from hmsa_jax.inference import DEFAULT_SCALES, InferenceOptions, Predictor
+from hmsa_jax.input_checks import InferenceError
 
 ATTENTION_COLORMAP = "viridis"
 # "Which scale wins": one colour per scale, ascending: blue (coarse context) ... red (fine
@@ -263,6 +267,103 @@ figcaption {{ font-size: 13px; color: #444; }}
     return path
 
 
-__all__ = ["ATTENTION_COLORMAP", "SCALE_COLORS", "class_legend_html", "colorize", "figure_panel", "heatmap",
-           "image_scores", "overlay", "resize_labels", "resize_map", "save_png", "scale_legend_html",
-           "scale_shares", "trust_map", "write_index"]
+# ----------------------------------------------------------------------------- predictions
+def pictures_for_image(out_dir: str, name: str, image: np.ndarray, prediction: dict, index: int,
+                       classes: ClassTable, label: np.ndarray | None = None) -> dict:
+    """Write one image's pictures (from a Predictor output, row `index`; `label`: its ground
+    truth train ids, if known); returns its index entry."""
+    height, width = image.shape[:2]
+    path = lambda suffix: os.path.join(out_dir, f"{name}_{suffix}.png")
+    rel = lambda p: os.path.relpath(p, out_dir)
+    labels = prediction["labels"][index]
+    colors = colorize(labels, classes)
+    pictures = [("input", save_png(path("input"), image))]
+    truth_colors, scores, shown_ids = None, None, set(np.unique(labels).tolist())
+    if label is not None:
+        label = np.asarray(label)
+        truth_colors = colorize(label, classes)
+        pictures.append(("ground truth", save_png(path("truth"), truth_colors)))
+        scores = image_scores(labels, label, classes.num_classes)
+        shown_ids |= set(np.unique(label).tolist())
+    pictures += [("prediction", save_png(path("pred"), colors)),
+                 ("overlay", save_png(path("overlay"), overlay(image, colors)))]
+    save_png(path("labels"), labels.astype(np.uint8))  # train ids, for tools
+    per_scale = prediction.get("per_scale", {})
+    scale_colors, attention = {}, {}
+    for s in sorted(per_scale):
+        scale_labels = np.argmax(per_scale[s]["logits"][index], -1).astype(np.uint8)
+        scale_colors[s] = colorize(resize_labels(scale_labels, (height, width)), classes)
+        pictures.append((f"prediction at {s:g}x", save_png(path(f"scale{s:g}_pred"), scale_colors[s])))
+        if per_scale[s]["attention"] is not None and s != max(per_scale):
+            attention[s] = resize_map(per_scale[s]["attention"][index], (height, width))
+            pictures.append((f"attention at {s:g}x",
+                             save_png(path(f"scale{s:g}_attention"), heatmap(attention[s]))))
+    weights, shares = None, None
+    if "scale_weights" in prediction:
+        weights = {s: w[index] for s, w in prediction["scale_weights"].items()}
+        trust, _ = trust_map(weights)
+        shares = scale_shares(weights)
+        pictures.append(("which scale wins", save_png(path("trust"), trust)))
+    panel = None
+    if per_scale:
+        named = [(classes.names[k], classes.colors[k]) for k in sorted(shown_ids) if k < classes.num_classes]
+        title = name if scores is None else f"{name}: mIoU {100 * scores['miou']:.1f}%"
+        panel = figure_panel(path("panel"), image, colors, scale_colors, attention, weights,
+                             title=title, ground_truth_colors=truth_colors, legend_classes=named)
+        pictures.insert(0, ("panel", panel))
+    return {"name": name, "pictures": [(caption, rel(p)) for caption, p in pictures],
+            "panel": None if panel is None else rel(panel), "scores": scores, "scale_shares": shares}
+
+
+def picture_header(checkpoint: str, step, model_name: str, options: InferenceOptions) -> dict:
+    """What made a pictures page: the index's header rows."""
+    return {"checkpoint": checkpoint, "step": "-" if step is None else step, "model": model_name,
+            "scales": ", ".join(f"{s:g}x" for s in options.scales), "fusion": options.fusion,
+            "flip": "yes (mean with the mirrored image)" if options.flip else "no",
+            "inference": "whole images" if options.window is None else
+            f"sliding windows of {options.window[0]}x{options.window[1]}"}
+
+
+def display_images(images: np.ndarray, normalized: bool) -> np.ndarray:
+    """uint8 [B, H, W, 3] to show of images given as a Predictor takes them."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if normalized:
+        return denormalize_image(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_pictures(model, variables: dict, images: np.ndarray, classes: ClassTable, out_dir: str, *,
+                   scales: Sequence[float] = DEFAULT_SCALES, fusion: str = "hierarchical",
+                   flip: bool = False, names: Sequence[str] | None = None, normalized: bool = False,
+                   title: str = "hmsa predictions", labels: np.ndarray | None = None,
+                   header: dict | None = None) -> str:
+    """Pictures of a few images (predictions, overlays, per-scale predictions and attention,
+    a Figure-3 panel each; ground truth and per-image mIoU when `labels` [B, H, W] are given)
+    and out_dir/index.html with `header` (what made them) and colour legends; returns the index
+    path. `images`: uint8 or [0, 1] RGB, or normalised float (an eval batch's "image") with
+    normalized=True."""
+    predictor = Predictor(model, variables, classes, scales=scales, fusion=fusion, flip=flip)
+    display = display_images(images, normalized)
+    names = list(names) if names is not None else [f"image{k:03d}" for k in range(len(display))]
+    if len(names) != len(display):
+        raise InferenceError(f"write_pictures: {len(names)} names for {len(display)} images")
+    source = np.asarray(images) if np.asarray(images).ndim == 4 else np.asarray(images)[None]
+    entries = []
+    for start in range(0, len(display), predictor.batch_size):  # all local devices at once
+        prediction = predictor(source[start:start + predictor.batch_size], normalized=normalized)
+        for row in range(len(prediction["labels"])):
+            k = start + row
+            entries.append(pictures_for_image(out_dir, names[k], display[k], prediction, row, classes,
+                                              None if labels is None else labels[k]))
+    return write_index(out_dir, entries, title, header=header, classes=classes,
+                       scales=predictor.options.scales if "scale_weights" in prediction else None)
+
+
+__all__ = ["ATTENTION_COLORMAP", "SCALE_COLORS", "class_legend_html", "colorize", "display_images",
+           "figure_panel", "heatmap", "image_scores", "overlay", "picture_header", "pictures_for_image",
+           "resize_labels", "resize_map", "save_png", "scale_legend_html", "scale_shares", "trust_map",
+           "write_index", "write_pictures"]

@@ -9,10 +9,12 @@ from PIL import Image
 
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
 
-from hmsa_jax import autolabel, cli, predict
+from hmsa_jax import autolabel, cli
 from hmsa_jax.data.build import build_autolabel_source
 from hmsa_jax.data.labels import IGNORE_LABEL
 from hmsa_jax.data.sources.synthetic import SyntheticScenes, synthetic_classes
+from hmsa_jax.inference import Predictor
+from hmsa_jax.input_checks import InferenceError
 
 
 def test_hard_labels_keep_only_confident_pixels_inside_the_border():
@@ -35,9 +37,9 @@ def test_border_mask_is_the_reference_region_scaled_to_the_image():
     assert autolabel.parse_border("none") is None
     custom = autolabel.parse_border("2,30,1,60@32,64")
     assert custom.keep(32, 64).sum() == 28 * 59
-    with pytest.raises(predict.InferenceError, match="expected none, cityscapes or R0,R1,C0,C1@H,W"):
+    with pytest.raises(InferenceError, match="expected none, cityscapes or R0,R1,C0,C1@H,W"):
         autolabel.parse_border("2,30")
-    with pytest.raises(predict.InferenceError, match="border rows=\\[30, 2\\]"):
+    with pytest.raises(InferenceError, match="border rows=\\[30, 2\\]"):
         autolabel.parse_border("30,2,1,60@32,64")
 
 
@@ -63,7 +65,7 @@ def labelled(tmp_path_factory):
 def test_labels_are_the_thresholded_teacher_inside_the_border(labelled):
     workdir, images_root, out, paths, code = labelled
     assert code == 0
-    teacher = predict.Predictor.from_checkpoint(workdir, scales=(0.5, 1.0, 2.0), flip=True)
+    teacher = Predictor.from_checkpoint(workdir, scales=(0.5, 1.0, 2.0), flip=True)
     keep = autolabel.parse_border("2,30,1,60@32,64").keep(HEIGHT, WIDTH)
     for path in paths:
         relative = path.relative_to(images_root).with_suffix("")

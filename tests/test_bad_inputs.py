@@ -511,7 +511,7 @@ def test_init_from_a_checkpoint_of_another_architecture(env):
     import jax
 
     from hmsa_jax import checkpoint, create_model
-    from hmsa_jax.predict import abstract_variables
+    from hmsa_jax.loading import abstract_variables
     from hmsa_jax.train.pretrained import load_pretrained
 
     other = create_model("hrnet_tiny_ocr_mscale", num_classes=8)

@@ -15,10 +15,11 @@ from PIL import Image
 from console_helpers import FakeTerminal
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
 
-from hmsa_jax import cli, evaluate, parallel, predict
+from hmsa_jax import cli, evaluate, inference, parallel
 from hmsa_jax.data.build import make_eval_dataset
 from hmsa_jax.data.labels import cityscapes_classes, cityscapes_label_id_lut
 from hmsa_jax.data.sources.synthetic import synthetic_classes
+from hmsa_jax.loading import load_model
 
 SCALES = (0.5, 1.0)
 
@@ -33,8 +34,8 @@ def synthetic_run(tmp_path_factory):
 
 def _evaluate(workdir, config, devices, **kwargs):
     mesh = parallel.make_mesh(devices)
-    loaded = predict.load_model(workdir, sharding=parallel.replicated(mesh))
-    return evaluate.evaluate(loaded, config.data, predict.InferenceOptions(SCALES), mesh=mesh,
+    loaded = load_model(workdir, sharding=parallel.replicated(mesh))
+    return evaluate.evaluate(loaded, config.data, inference.InferenceOptions(SCALES), mesh=mesh,
                              log=lambda _: None, **kwargs), loaded
 
 
@@ -46,7 +47,7 @@ def _reference_confusion(loaded, config, num_classes):
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for index in range(len(source)):
         record = source.load(index)
-        image = predict.normalize_input(record["image"])
+        image = inference.normalize_input(record["image"])
         prediction = np.argmax(np.asarray(apply(variables, image))[0], -1)
         label = record["label"].astype(np.int64)
         keep = label < num_classes
@@ -157,8 +158,8 @@ def test_cityscapes_label_ids_match_the_official_evaluator(cityscapes_run, tmp_p
 def _numpy_sliding_window(fn, images, window, overlap):
     batch, height, width, _ = images.shape
     total, count = None, np.zeros((height, width))
-    for y in predict.window_starts(height, window[0], overlap):
-        for x in predict.window_starts(width, window[1], overlap):
+    for y in inference.window_starts(height, window[0], overlap):
+        for x in inference.window_starts(width, window[1], overlap):
             out = np.asarray(fn(images[:, y:y + window[0], x:x + window[1]]))
             total = np.zeros((batch, height, width, out.shape[-1])) if total is None else total
             total[:, y:y + window[0], x:x + window[1]] += out
@@ -167,16 +168,16 @@ def _numpy_sliding_window(fn, images, window, overlap):
 
 
 def test_sliding_window_averages_overlapping_windows():
-    assert predict.window_starts(10, 4, 0.5) == [0, 2, 4, 6]
-    assert predict.window_starts(11, 4, 0.5) == [0, 2, 4, 6, 7]  # last window flush with the end
-    assert predict.window_starts(3, 4, 0.5) == [0]
+    assert inference.window_starts(10, 4, 0.5) == [0, 2, 4, 6]
+    assert inference.window_starts(11, 4, 0.5) == [0, 2, 4, 6, 7]  # last window flush with the end
+    assert inference.window_starts(3, 4, 0.5) == [0]
     images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 13, 17, 3)), jnp.float32)
     pointwise = lambda x: jnp.concatenate([2 * x, x[..., :1] ** 2], -1)
-    np.testing.assert_allclose(predict.sliding_window(pointwise, images, (5, 7), 0.4),
+    np.testing.assert_allclose(inference.sliding_window(pointwise, images, (5, 7), 0.4),
                                pointwise(images), rtol=1e-6, atol=1e-6)
     # A window-dependent function: each window adds its own mean, so overlaps really average.
     contextual = lambda x: x + jnp.mean(x, axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(predict.sliding_window(contextual, images, (5, 7), 0.4),
+    np.testing.assert_allclose(inference.sliding_window(contextual, images, (5, 7), 0.4),
                                _numpy_sliding_window(contextual, np.asarray(images), (5, 7), 0.4),
                                rtol=1e-5, atol=1e-6)
 

@@ -11,8 +11,9 @@ import pytest
 
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
 
-from hmsa_jax import cli, export, predict
+from hmsa_jax import cli, export
 from hmsa_jax.data.sources.synthetic import SyntheticScenes, synthetic_classes
+from hmsa_jax.inference import Predictor
 
 SCALES = (0.5, 1.0, 2.0)
 
@@ -38,7 +39,7 @@ def test_reloaded_file_matches_the_predictor_at_any_batch_size(exported):
     assert manifest["format"] == "hmsa_jax.exported/1" and manifest["scales"] == list(SCALES)
     assert manifest["flip"] and manifest["step"] == 7 and manifest["input"]["shape"] == ["B", HEIGHT, WIDTH, 3]
     assert [c["name"] for c in manifest["classes"]] == list(synthetic_classes(8).names)
-    expected = predict.Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)(images)
+    expected = Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)(images)
     for batch in (images[:1], images):
         out = program.call(batch)
         np.testing.assert_allclose(np.asarray(out["logits"]), expected["logits"][:len(batch)], atol=1e-5)
@@ -61,7 +62,7 @@ assert not [m for m in sys.modules if m.startswith("hmsa_jax")], "imported hmsa_
 """
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=300,
                    env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
-    expected = predict.Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)(images)["labels"]
+    expected = Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)(images)["labels"]
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), expected)
 
 

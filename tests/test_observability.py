@@ -169,7 +169,7 @@ def test_the_validation_pictures_page_says_what_made_it(trained):
             f"scales 1x, fusion hierarchical</td>") in page
     assert list((trained / "pictures").glob("val_*_truth.png"))  # the ground truth
     from hmsa_jax.data.sources.synthetic import synthetic_classes
-    from hmsa_jax.predict import load_model
+    from hmsa_jax.loading import load_model
 
     loaded = load_model(str(trained))  # predict/eval/autolabel draw with the run's own colours
     assert loaded.meta["class_colors"] and loaded.classes.colors == synthetic_classes(loaded.num_classes).colors

@@ -10,9 +10,11 @@ from PIL import Image
 
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
 
-from hmsa_jax import predict, visualize
+from hmsa_jax import visualize
 from hmsa_jax.batching import same_size_batches
 from hmsa_jax.data.sources.synthetic import SyntheticScenes, synthetic_classes
+from hmsa_jax.inference import InferenceOptions
+from hmsa_jax.loading import load_model
 
 SCALES = (0.5, 1.0, 2.0)
 
@@ -51,12 +53,12 @@ def test_same_size_batches_keep_order_and_split_at_size_changes():
 def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("page")
     save_init_checkpoint(str(root / "ckpt"), tiny_config(), synthetic_classes(8).names, seed=1)
-    loaded = predict.load_model(str(root / "ckpt"))
+    loaded = load_model(str(root / "ckpt"))
     source = SyntheticScenes(2, HEIGHT, WIDTH, 8, 5, "val")
     records = [source.load(i) for i in range(2)]
-    options = predict.InferenceOptions(SCALES, flip=True)
-    header = predict.picture_header(loaded.path, 7, loaded.model_name, options)
-    index = predict.write_pictures(
+    options = InferenceOptions(SCALES, flip=True)
+    header = visualize.picture_header(loaded.path, 7, loaded.model_name, options)
+    index = visualize.write_pictures(
         loaded.model, loaded.variables, np.stack([r["image"] for r in records]), loaded.classes,
         str(root / "pictures"), scales=SCALES, flip=True, names=["a", "b"], header=header,
         labels=np.stack([r["label"] for r in records]))

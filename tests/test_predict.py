@@ -9,9 +9,10 @@ from PIL import Image
 
 from inference_helpers import HEIGHT, WIDTH, save_init_checkpoint, tiny_config
 
-from hmsa_jax import cli, predict
+from hmsa_jax import cli, inference, loading, visualize
 from hmsa_jax.data.labels import cityscapes_classes
 from hmsa_jax.data.sources.synthetic import SyntheticScenes, synthetic_classes
+from hmsa_jax.input_checks import InferenceError
 
 SCALES = (0.5, 1.0, 2.0)
 
@@ -31,7 +32,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def predictor(workdir):
-    return predict.Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)
+    return inference.Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)
 
 
 def test_predictor_outputs(predictor, images):
@@ -67,7 +68,7 @@ def test_flip_averaging_is_mirror_equivariant(predictor, images):
 def test_scale_weights_follow_the_hierarchy():
     rng = np.random.default_rng(0)
     a = {s: rng.uniform(0.05, 0.95, (1, 8, 8, 1)).astype(np.float32) for s in (0.5, 1.0, 2.0)}
-    weights = predict.scale_weights(a, (8, 8))  # all at one size: no resize effects
+    weights = inference.scale_weights(a, (8, 8))  # all at one size: no resize effects
     lo, mid = a[0.5][..., 0], a[1.0][..., 0]
     np.testing.assert_allclose(weights[0.5], lo, rtol=1e-6)
     np.testing.assert_allclose(weights[1.0], (1 - lo) * mid, rtol=1e-6)
@@ -75,27 +76,27 @@ def test_scale_weights_follow_the_hierarchy():
 
 
 def test_bad_images_are_refused(predictor):
-    with pytest.raises(predict.InferenceError, match=r"RGB \[H, W, 3\]"):
+    with pytest.raises(InferenceError, match=r"RGB \[H, W, 3\]"):
         predictor(np.zeros((HEIGHT, WIDTH), np.uint8))
-    with pytest.raises(predict.InferenceError, match=r"in \[0, 1\]"):
+    with pytest.raises(InferenceError, match=r"in \[0, 1\]"):
         predictor(np.full((HEIGHT, WIDTH, 3), 200.0, np.float32))
 
 
 def test_class_tables_from_checkpoint_meta():
-    assert predict.class_table_for({"num_classes": 19}).name == "cityscapes"
-    assert predict.class_table_for({"num_classes": 19, "class_names": list(cityscapes_classes().names)}
+    assert loading.class_table_for({"num_classes": 19}).name == "cityscapes"
+    assert loading.class_table_for({"num_classes": 19, "class_names": list(cityscapes_classes().names)}
                                    ).colors == cityscapes_classes().colors
-    assert predict.class_table_for({"num_classes": 8, "class_names": list(synthetic_classes(8).names)}
+    assert loading.class_table_for({"num_classes": 8, "class_names": list(synthetic_classes(8).names)}
                                    ).colors == synthetic_classes(8).colors
-    custom = predict.class_table_for({"num_classes": 3, "class_names": ["a", "b", "c"]})
+    custom = loading.class_table_for({"num_classes": 3, "class_names": ["a", "b", "c"]})
     assert custom.names == ("a", "b", "c") and len(set(custom.colors)) == 3
     # The colours a training run records win, so predict's pictures match the run's own.
-    recorded = predict.class_table_for({"num_classes": 2, "class_names": ["a", "b"],
+    recorded = loading.class_table_for({"num_classes": 2, "class_names": ["a", "b"],
                                         "class_colors": [[1, 2, 3], [4, 5, 6]]})
     assert recorded.colors == ((1, 2, 3), (4, 5, 6))
     from hmsa_jax.data.sources.scale_bench import CLASSES
 
-    assert predict.class_table_for({"num_classes": CLASSES.num_classes, "class_names": list(CLASSES.names)}
+    assert loading.class_table_for({"num_classes": CLASSES.num_classes, "class_names": list(CLASSES.names)}
                                    ).colors == CLASSES.colors  # recorded before class_colors existed
 
 
@@ -122,7 +123,7 @@ def test_predict_command_writes_pictures_and_index(workdir, images, tmp_path, ca
     linked = re.findall(r'src="([^"]+)"', index)
     assert len(linked) >= 3 * 9 and all((out / p).is_file() for p in linked)
     # The saved labels are the Predictor's (same checkpoint, scales, flip).
-    expected = predict.Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)(images[2])["labels"][0]
+    expected = inference.Predictor.from_checkpoint(workdir, scales=SCALES, flip=True)(images[2])["labels"][0]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "single_labels.png")), expected)
 
 
@@ -150,7 +151,7 @@ def test_predict_command_reports_an_out_that_is_a_file(workdir, images, tmp_path
 def test_write_pictures_for_the_training_demo(predictor, images, tmp_path):
     from hmsa_jax.data.transforms import normalize_image
 
-    index = predict.write_pictures(predictor.model, predictor.variables, normalize_image(images[:2]),
+    index = visualize.write_pictures(predictor.model, predictor.variables, normalize_image(images[:2]),
                                    predictor.classes, str(tmp_path / "pics"), scales=SCALES,
                                    flip=True, names=["val_0", "val_1"], normalized=True)
     assert os.path.basename(index) == "index.html"
@@ -204,11 +205,11 @@ def test_predict_command_shows_a_bar_and_writes_the_page_header(workdir, images,
 
 
 def test_avg_fusion_takes_scales_without_one(workdir, images, tmp_path):
-    averaged = predict.Predictor.from_checkpoint(workdir, scales="0.5,2.0", fusion="avg")
+    averaged = inference.Predictor.from_checkpoint(workdir, scales="0.5,2.0", fusion="avg")
     out = averaged(images[0])
     assert out["logits"].shape == (1, HEIGHT, WIDTH, 8) and sorted(out["per_scale"]) == [0.5, 2.0]
-    with pytest.raises(predict.InferenceError, match="must contain 1.0 for hierarchical fusion"):
-        predict.InferenceOptions((0.5, 2.0), "hierarchical")
+    with pytest.raises(InferenceError, match="must contain 1.0 for hierarchical fusion"):
+        inference.InferenceOptions((0.5, 2.0), "hierarchical")
     image = tmp_path / "street.png"
     Image.fromarray(images[0]).save(image)
     assert cli.main(["predict", f"--checkpoint={workdir}", str(image), f"--out={tmp_path / 'o'}",

@@ -8,7 +8,7 @@ import pytest
 from hmsa_jax.configlib import load_config
 from hmsa_jax.data.build import build_source
 from hmsa_jax.data.transforms import normalize_image
-from hmsa_jax.predict import load_model
+from hmsa_jax.loading import load_model
 from hmsa_jax.train.loop import train
 from hmsa_jax.train.validation import COMPARISON_SCALE_SETS, comparison_variants
 

@@ -6,6 +6,7 @@ A stored label file holds *raw* values (Cityscapes labelIds, Mapillary indices, 
 """
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 IGNORE_LABEL = 255
 INVALID_RAW = -1
 
-# Normalisation of RGB in [0, 1] (ImageNet statistics); the model expects these.
+# Normalisation of RGB in [0, 1] (ImageNet statistics); the model expects these. Their one home
+# (data/ stays free of JAX): hmsa_jax.ops and data/transforms.py normalise with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -46,6 +48,17 @@ class ClassTable:
 
     def colorize(self, label: np.ndarray) -> np.ndarray:
         return self.palette()[np.asarray(label, np.uint8)]
+
+
+def hue_colors(count: int) -> tuple[tuple[int, int, int], ...]:
+    """`count` colours of evenly spaced hues, for classes whose table records none."""
+    return tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb(k / count, 0.65, 0.9))
+                 for k in range(count))
+
+
+def numbered_classes(num_classes: int, name: str = "model") -> ClassTable:
+    """Classes class_0 .. class_{K-1} in hue_colors: the table of a model nobody named."""
+    return ClassTable(name, tuple(f"class_{k}" for k in range(num_classes)), hue_colors(num_classes))
 
 
 def identity_lut(num_classes: int, ignore_values: tuple[int, ...] = (IGNORE_LABEL,)) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Jitted multi-scale inference: one compilation per (scale set, fusion, input shape)."""
+"""Jitted multi-scale inference: one compilation per (scale set, fusion, input shape).
+
+The model layer's entry point: variables and normalised images in, the model's outputs out.
+hmsa_jax.inference builds the application on the model (options, flip, sliding windows,
+numpy images in and out: `Predictor`)."""
 from __future__ import annotations
 
 import functools

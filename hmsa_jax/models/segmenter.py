@@ -88,12 +88,8 @@ class MultiScaleSegmenter(nn.Module):
                     train: bool = False) -> dict:
         """Inference over several scales, evaluated from the largest down. Hierarchical fusion
         needs 1.0 among them; avg and max take any and return logits at the input's size."""
-        if fusion not in multiscale.FUSIONS:
-            raise ValueError(f"fusion must be one of {tuple(multiscale.FUSIONS)}, got {fusion!r}")
         scales = multiscale.validate_scales(scales, require_one=fusion == "hierarchical")
-        if fusion == "hierarchical" and self.attention != "hierarchical" and len(scales) > 1:
-            raise ValueError(f"fusion='hierarchical' needs a model with attention='hierarchical'; "
-                             f"this one has attention={self.attention!r}: use fusion='avg' or 'max'")
+        multiscale.check_fusion(fusion, self.attention, len(scales))
         per_scale = {s: _public(self.one_scale(ops.rescale(images, s), train))
                      for s in sorted(scales, reverse=True)}
         fused = (multiscale.hierarchical_fuse(per_scale) if fusion == "hierarchical" else

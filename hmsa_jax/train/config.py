@@ -174,7 +174,7 @@ def validate_config(config: ConfigDict) -> None:
     ConfigError naming the key; called before any data is read or anything is compiled."""
     from hmsa_jax import list_models
     from hmsa_jax.losses import CRITERIA
-    from hmsa_jax.multiscale import FUSIONS
+    from hmsa_jax.multiscale import FUSIONS, check_fusion
     from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES, TRANSFER_GUARD_MODES
 
     choice, positive = _choice, _positive
@@ -238,11 +238,8 @@ def validate_config(config: ConfigDict) -> None:
     if config.train.scale_mode == "average" and attention != "none":
         raise ConfigError(f"config.train.scale_mode='average' needs a single-scale model "
                           f"(attention 'none'); {config.model.name!r} has attention {attention!r}")
-    if (config.validation.fusion == "hierarchical" and len(config.validation.scales) > 1
-            and attention != "hierarchical" and attention != "explicit"):
-        raise ConfigError(f"config.validation.fusion='hierarchical' needs a model with "
-                          f"hierarchical attention; {config.model.name!r} has {attention!r}: "
-                          f"use 'avg' or 'max'")
+    check_fusion(config.validation.fusion, attention, len(config.validation.scales), ConfigError,
+                 "config.validation.fusion", repr(config.model.name))
 
 
 def _check_scaled_sizes(config: ConfigDict) -> None:

@@ -469,7 +469,8 @@ def close_iterator(iterator) -> None:
 
 def write_validation_pictures(config, model, state, eval_ds, classes, workdir: str) -> str:
     """Predictions and per-scale attention of the first validation images; the index page path."""
-    from hmsa_jax.predict import InferenceOptions, picture_header, write_pictures
+    from hmsa_jax.inference import InferenceOptions
+    from hmsa_jax.visualize import picture_header, write_pictures
 
     iterator = iter(eval_ds)
     batch = next(iterator)

@@ -6,6 +6,7 @@ import numpy as np
 
 from hmsa_jax import parallel
 from hmsa_jax.metrics import segmentation_scores
+from hmsa_jax.multiscale import fusion_fits
 from hmsa_jax.train import step as step_lib
 
 # The scale sets of the paper's Table 1 (and Mapillary's {0.25, 0.5, 1, 2}).
@@ -29,7 +30,7 @@ def comparison_variants(attention: str) -> list[tuple[tuple[float, ...], str]]:
     """(scales, fusion) pairs a model of this attention kind can be evaluated with."""
     if attention == "explicit":  # weights over the scales it was trained on, nothing else
         return [((0.5, 1.0, 2.0), "explicit")]
-    fusions = ("hierarchical", "avg") if attention == "hierarchical" else ("avg",)
+    fusions = tuple(f for f in ("hierarchical", "avg") if fusion_fits(f, attention, num_scales=2))
     return [(scales, fusion) for scales in COMPARISON_SCALE_SETS for fusion in fusions
             if len(scales) > 1 or fusion == fusions[0]]
 
