@@ -38,7 +38,8 @@ from hmsa_jax.data.transforms import normalize_image
 from hmsa_jax.inference import scale_weights
 from hmsa_jax.loading import load_model
 from hmsa_jax.metrics import segmentation_scores
-from hmsa_jax.train.loop import train, write_json_atomically
+from hmsa_jax.train.loop import train
+from hmsa_jax.train.run_files import write_json_atomically
 
 FAMILIES = {"resnet": "resnet_tiny_deeplabv3plus", "hrnet": "hrnet_tiny_ocr"}
 # method -> (model-name suffix, train.scale_mode)

@@ -47,8 +47,7 @@ def build_step(spec: StepSpec):
                          **overrides)
     tx = make_optimizer(learning_rate=1e-2, total_steps=1000)
     mesh = parallel.make_mesh(1)
-    config = StepConfig(loss=LossConfig(criterion=spec.criterion), remat=spec.remat,
-                        scale_mode=spec.scale_mode)
+    config = StepConfig(loss=LossConfig(criterion=spec.criterion), scale_mode=spec.scale_mode)
     return jit_train_step(model, tx, config, mesh), model, tx, mesh
 
 

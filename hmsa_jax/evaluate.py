@@ -9,14 +9,18 @@ summed on the devices (replicated result) and turned into per-class IoU, mIoU, p
 and mean class accuracy. `--save-predictions` writes one PNG per image (Cityscapes labelIds for
 Cityscapes, the format of the benchmark server and of cityscapesscripts' evaluator; train ids
 otherwise), each process writing its own images.
+
+The evaluator (`make_eval_fn` + `confusion_over`) is also what training-time validation runs
+(hmsa_jax.train.validation), so a checkpoint scores the same in both.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +34,11 @@ from hmsa_jax.inference import InferenceOptions, inference_options, make_logits_
 from hmsa_jax.input_checks import InferenceError
 from hmsa_jax.loading import LoadedModel, load_model
 from hmsa_jax.metrics import confusion_matrix, format_scores, scores_to_json, segmentation_scores
+from hmsa_jax.train.step import prepare_images
 from hmsa_jax.visualize import picture_header, write_pictures
+
+# What the evaluator reads of an eval batch (the rest, e.g. "index", stays on the host).
+EVAL_KEYS = ("image", "label", "valid")
 
 
 @dataclasses.dataclass
@@ -51,23 +59,61 @@ class EvalResult:
                 "confusion": self.confusion.tolist(), "seconds": round(self.seconds, 2)}
 
 
-def make_eval_fn(model, num_classes: int, mesh, options: InferenceOptions, with_predictions: bool):
-    """jit(variables, batch) -> (confusion [K, K], images counted, predictions [B, H, W] uint8
-    or None), variables replicated and the batch split over the mesh's "data" axis."""
-    from hmsa_jax.train.step import prepare_images
+def eval_step(variables: dict, batch: dict, *, logits_fn: Callable, num_classes: int,
+              with_predictions: bool) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """One batch: (confusion [K, K] of its valid images, how many are valid, predictions
+    [B, H, W] uint8 or None). Pure; `logits_fn` is hmsa_jax.inference.make_logits_fn's."""
+    logits = logits_fn(variables, prepare_images(batch["image"]))
+    predictions = jnp.argmax(logits, axis=-1)
+    confusion = confusion_matrix(predictions, batch["label"], num_classes, batch["valid"])
+    counted = jnp.sum(batch["valid"].astype(jnp.int32))
+    return confusion, counted, predictions.astype(jnp.uint8) if with_predictions else None
 
-    logits_fn = make_logits_fn(model, options)
 
-    def step(variables, batch):
-        logits = logits_fn(variables, prepare_images(batch["image"]))
-        predictions = jnp.argmax(logits, axis=-1)
-        confusion = confusion_matrix(predictions, batch["label"], num_classes, batch["valid"])
-        counted = jnp.sum(batch["valid"].astype(jnp.int32))
-        return confusion, counted, predictions.astype(jnp.uint8) if with_predictions else None
-
+def make_eval_fn(model, num_classes: int, mesh, options: InferenceOptions,
+                 with_predictions: bool = False) -> Callable:
+    """eval_step jitted over `mesh`: variables replicated, the batch split over "data"."""
+    step = functools.partial(eval_step, logits_fn=make_logits_fn(model, options),
+                             num_classes=num_classes, with_predictions=with_predictions)
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded),
                    out_shardings=(replicated, replicated, sharded if with_predictions else None))
+
+
+def confusion_over(eval_fn: Callable, variables: dict, batches: Iterable[dict], mesh, *,
+                   max_batches: int = 0, on_batch: Callable | None = None) -> tuple[np.ndarray, int]:
+    """The evaluator: ([K, K] int64 confusion matrix, images counted) of `eval_fn` (make_eval_fn)
+    summed over this process's padded eval batches (or the first `max_batches`), as global
+    batches over `mesh`. `on_batch(number, host batch, predictions)` runs after each batch.
+    Every process gets the whole result."""
+    iterator = iter(batches)
+    confusion = counted = None
+    try:
+        for number, batch in enumerate(iterator):
+            if max_batches and number >= max_batches:
+                break
+            arrays = parallel.global_batch({k: batch[k] for k in EVAL_KEYS}, mesh)
+            batch_confusion, batch_count, predictions = eval_fn(variables, arrays)
+            confusion = batch_confusion if confusion is None else confusion + batch_confusion
+            counted = batch_count if counted is None else counted + batch_count
+            if on_batch is not None:
+                on_batch(number, batch, predictions)
+    finally:
+        close_iterator(iterator)
+    if confusion is None:
+        raise InferenceError("nothing was evaluated (max_batches or an empty split)")
+    # Replicated: every process holds the whole matrix.
+    return (np.asarray(confusion.addressable_data(0)).astype(np.int64),
+            int(counted.addressable_data(0)))
+
+
+def close_iterator(iterator) -> None:
+    """Stop a Grain iterator's prefetch threads now. Left to the garbage collector, an iterator
+    of a pipeline with worker processes can be collected on its own prefetch thread, whose
+    __del__ then tries to join that thread ("RuntimeError: cannot join current thread")."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def local_rows(array: jax.Array) -> np.ndarray:
@@ -135,34 +181,29 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
     if predictions_dir is not None:
         write = prediction_writer(predictions_dir, source, source.classes.name, all(data.eval.pad_to))
     start = time.perf_counter()
-    confusion = counted = None
     bar = progress_bar(total=min(num_batches, max_batches or num_batches), desc="eval", unit="batch",
                        quiet=quiet)
     bar.set_postfix_str("compiling (first batch)")
-    for number, batch in enumerate(eval_ds):
-        if max_batches and number >= max_batches:
-            break
-        arrays = parallel.global_batch({k: batch[k] for k in ("image", "label", "valid")}, mesh)
-        batch_confusion, batch_count, predictions = eval_fn(variables, arrays)
+
+    def on_batch(number: int, batch: dict, predictions) -> None:
         bar.set_postfix_str("", refresh=False)
         bar.update(1)
-        confusion = batch_confusion if confusion is None else confusion + batch_confusion
-        counted = batch_count if counted is None else counted + batch_count
         if write is not None:
             for row, index, valid in zip(local_rows(predictions), batch["index"], batch["valid"]):
                 if valid:
                     write(int(index), row)
         log(f"batch {number + 1}/{num_batches}")
-    bar.close()
-    if confusion is None:
-        raise InferenceError("nothing was evaluated (max_batches or an empty split)")
-    # Replicated: every process holds the whole matrix.
-    confusion = np.asarray(confusion.addressable_data(0)).astype(np.int64)
+
+    try:
+        confusion, counted = confusion_over(eval_fn, variables, eval_ds, mesh, max_batches=max_batches,
+                                            on_batch=on_batch)
+    finally:
+        bar.close()
     mixup = trainids_read_as_labelids(confusion.sum(1), getattr(source, "table_name", ""))
     if mixup is not None:  # the scores would be of the wrong classes
         raise DataError(f"{data.dataset} {data.eval_split}: {mixup}")
-    return EvalResult(segmentation_scores(confusion), confusion, int(counted.addressable_data(0)),
-                      len(source), time.perf_counter() - start, tuple(source.classes.names))
+    return EvalResult(segmentation_scores(confusion), confusion, counted, len(source),
+                      time.perf_counter() - start, tuple(source.classes.names))
 
 
 def show_pictures(loaded: LoadedModel, data, options: InferenceOptions, directory: str, *,
@@ -180,9 +221,7 @@ def show_pictures(loaded: LoadedModel, data, options: InferenceOptions, director
                 images.append(image), labels.append(label), names.append(source.name(int(index)))
         if len(names) >= max_images:
             break
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
+    close_iterator(iterator)
     # On the host: the pictures use every local device, whatever mesh the scores ran on.
     variables = jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), loaded.variables)
     return write_pictures(loaded.model, variables, np.stack(images), loaded.classes, directory,
@@ -305,4 +344,5 @@ def _eval_command(args, config_args: list[str]) -> int:
     return 0
 
 
-__all__ = ["EvalResult", "evaluate", "local_rows", "make_eval_fn", "prediction_writer", "show_pictures"]
+__all__ = ["EVAL_KEYS", "EvalResult", "close_iterator", "confusion_over", "eval_step", "evaluate",
+           "local_rows", "make_eval_fn", "prediction_writer", "show_pictures"]

@@ -5,7 +5,7 @@ import pytest
 
 from hmsa_jax.configlib import ConfigError, check_fields, load_config
 from hmsa_jax.train.config import default_config, validate_config
-from hmsa_jax.train.loop import check_workdir
+from hmsa_jax.train.run_files import check_workdir
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 PRESETS = {

@@ -23,7 +23,8 @@ import pytest
 from hmsa_jax import checkpoint, parallel
 from hmsa_jax.configlib import ConfigError
 from hmsa_jax.train import step as step_lib
-from hmsa_jax.train.loop import check_workdir, drop_partial_last_line, write_json_atomically
+from hmsa_jax.train.metric_writer import drop_partial_last_line
+from hmsa_jax.train.run_files import check_workdir, write_json_atomically
 from hmsa_jax.train.state import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

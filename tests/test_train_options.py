@@ -23,7 +23,7 @@ def _run(dtype, remat):
     mesh = parallel.make_mesh(2)
     state = jax.jit(lambda key: train_state.create_train_state(model, tx, key, (1, 32, 64, 3)),
                     out_shardings=parallel.replicated(mesh))(jax.random.key(0))
-    config = train_step.StepConfig(loss=train_step.LossConfig(criterion="ce"), remat=remat)
+    config = train_step.StepConfig(loss=train_step.LossConfig(criterion="ce"))
     step = train_step.jit_train_step(model, tx, config, mesh)
     lowered = step.lower(state, parallel.global_batch(batch, mesh), jax.random.key(1))
     temp_bytes = lowered.compile().memory_analysis().temp_size_in_bytes

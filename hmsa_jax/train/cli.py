@@ -96,7 +96,8 @@ def _train_command(config, values, argv: list[str], run_log) -> int:
     for note in configure_runtime(config.runtime):
         print(note)
     from hmsa_jax import parallel
-    from hmsa_jax.train.loop import NonFiniteError, Preempted, train
+    from hmsa_jax.train.loop import train
+    from hmsa_jax.train.stopping import NonFiniteError, Preempted
 
     plan = parallel.distributed_plan(config.distributed)
     if plan is not None:

@@ -1,4 +1,5 @@
-"""The pure training step and the validation step, and their jitted, sharded forms.
+"""The pure training step and its jitted, sharded form (the evaluation step, shared with
+`hmsa eval`, is hmsa_jax.evaluate.eval_step).
 
 `train_step(state, batch, dropout_key) -> (state, metrics)` is a pure function of its inputs:
 the dropout key for step s is fold_in(dropout_key, s), so a run restarted from a checkpoint
@@ -19,13 +20,13 @@ import optax
 from jax.sharding import Mesh
 
 from hmsa_jax import losses, ops, parallel
-from hmsa_jax.metrics import confusion_matrix
 from hmsa_jax.train.state import TrainState
 
 SCALE_MODES = ("model", "average")
-# "trunk": per-block rematerialisation inside the trunk (the model's remat_trunk field, set
-# when the model is built). Wrapping the whole forward in one jax.checkpoint was measured to
-# save nothing (the forward is recomputed as one unit, so the peak is the same).
+# train.remat (checked by train.config): "trunk" is per-block rematerialisation inside the trunk,
+# the model's remat_trunk field, set when the model is built. Wrapping the whole forward in one
+# jax.checkpoint was measured to save nothing (the forward is recomputed as one unit, so the peak
+# is the same).
 REMAT_MODES = ("none", "trunk")
 # runtime.transfer_guard: "" off; "log" / "disallow" an implicit host<->device copy inside a step
 # (jax.transfer_guard; explicit device_put and device_get stay allowed). For debug runs.
@@ -47,7 +48,6 @@ class StepConfig:
     # or explicit attention). "average": the paper's averaging baseline, the model (attention
     # "none") run at lo_scale and 1.0 with the two logits averaged.
     scale_mode: str = "model"
-    remat: str = "none"  # recorded for checks; applied by the model (remat_trunk)
     # Steps with a non-finite loss or gradient are always skipped. Once this many came in a
     # row (0: no limit), every later step is skipped too, so the run's state stays at the
     # last good one until the loop sees the streak and stops.
@@ -56,8 +56,6 @@ class StepConfig:
     def __post_init__(self):
         if self.scale_mode not in SCALE_MODES:
             raise ValueError(f"train.scale_mode={self.scale_mode!r}; expected one of {SCALE_MODES}")
-        if self.remat not in REMAT_MODES:
-            raise ValueError(f"train.remat={self.remat!r}; expected one of {REMAT_MODES}")
         if self.loss.criterion not in losses.CRITERIA:
             raise ValueError(f"train.criterion={self.loss.criterion!r}; expected one of {losses.CRITERIA}")
 
@@ -157,23 +155,6 @@ def jit_train_step(model, tx, config: StepConfig, mesh: Mesh, learning_rate_fn=N
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-def eval_step(variables: dict, batch: dict, *, model, num_classes: int,
-              scales: tuple[float, ...] = (1.0,), fusion: str = "hierarchical") -> jax.Array:
-    """The batch's [K, K] confusion matrix (padded images masked by batch["valid"])."""
-    images = prepare_images(batch["image"])
-    outputs = model.apply(variables, images, train=False, scales=tuple(scales), fusion=fusion)
-    predictions = jnp.argmax(outputs["logits"], axis=-1)
-    return confusion_matrix(predictions, batch["label"], num_classes, batch.get("valid"))
-
-
-def jit_eval_step(model, num_classes: int, mesh: Mesh, scales=(1.0,), fusion="hierarchical"):
-    step = functools.partial(eval_step, model=model, num_classes=num_classes,
-                             scales=tuple(scales), fusion=fusion)
-    replicated = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(replicated, parallel.batch_sharded(mesh)),
-                   out_shardings=replicated)
-
-
 def transfer_guard(mode: str):
     """A context for one step: jax.transfer_guard(mode), or nothing when mode is ""."""
     if mode not in TRANSFER_GUARD_MODES:
@@ -181,6 +162,6 @@ def transfer_guard(mode: str):
     return jax.transfer_guard(mode) if mode else contextlib.nullcontext()
 
 
-__all__ = ["LossConfig", "REMAT_MODES", "SCALE_MODES", "StepConfig", "TRANSFER_GUARD_MODES", "eval_step",
-           "jit_eval_step", "jit_train_step", "prepare_images", "train_step", "training_forward",
-           "training_loss", "transfer_guard"]
+__all__ = ["LossConfig", "REMAT_MODES", "SCALE_MODES", "StepConfig", "TRANSFER_GUARD_MODES",
+           "jit_train_step", "prepare_images", "train_step", "training_forward", "training_loss",
+           "transfer_guard"]
