@@ -12,12 +12,15 @@ import sys
 
 import yaml  # ml_collections' own dependency
 
+from hmsa_jax import flags
 
-def _define_flags(values) -> None:
-    from absl import flags
 
-    flags.DEFINE_boolean("json", False, "print JSON (as config.json of a run) instead of YAML",
-                         flag_values=values)
+def argument_parser():
+    parser = flags.argument_parser("hmsa config", __doc__)
+    flags.add_config_argument(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON (as config.json of a run) instead of YAML")
+    return parser
 
 
 class _InlineListDumper(yaml.SafeDumper):
@@ -38,13 +41,15 @@ def render(config, as_json: bool) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.configlib import ConfigError, flags_help, load_config
+    from hmsa_jax.configlib import ConfigError, load_config
 
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"{__doc__}\noptions:\n{flags_help(_define_flags)}")
+    parser = argument_parser()
+    if flags.wants_help(argv):
+        print(parser.format_help())
         return 0
+    values, config_args = flags.parse(parser, argv)
     try:
-        config, values = load_config(argv, _define_flags)
+        config, _ = load_config(config_args)
         if "model" in config:  # a training config (a data-only config has nothing more to check)
             from hmsa_jax.train.config import validate_config
 

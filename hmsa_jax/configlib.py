@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Callable
 
 from ml_collections import ConfigDict
 
@@ -18,11 +17,10 @@ class ConfigError(ValueError):
     """A config file, preset, key or value that cannot be used."""
 
 
-def load_config(argv: list[str], extra_flags: Callable | None = None):
-    """Parse `argv` (without the program name) into (config, flag_values).
-
-    `extra_flags(flag_values)` may define more flags (e.g. --workdir) on the fresh FlagValues
-    first. The returned config is locked: later code cannot add keys by mistake.
+def load_config(argv: list[str]):
+    """Parse `--config=FILE[:preset]` and `--config.a.b=value` arguments (the others are the
+    command's: see hmsa_jax.flags) into (config, the absl FlagValues that read them). The
+    config is locked: later code cannot add keys by mistake.
     """
     from absl import flags
     from ml_collections import config_flags
@@ -32,9 +30,6 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
     # sys_argv: the overrides are read from this list, not from the process's sys.argv.
     config_flags.DEFINE_config_file("config", None, "config file, optionally :preset",
                                     flag_values=values, lock_config=True, sys_argv=argv)
-    if extra_flags is not None:
-        extra_flags(values)
-    argv = underscore_flag_names(argv, set(values))
     _check_config_file(argv)
     _check_override_keys(argv)
     try:
@@ -58,34 +53,6 @@ def load_config(argv: list[str], extra_flags: Callable | None = None):
     if config is None:
         raise ConfigError("missing --config=configs/<file>.py[:preset]")
     return config, values
-
-
-def underscore_flag_names(argv: list[str], names: set[str]) -> list[str]:
-    """`--max-records=3` -> `--max_records=3` where `max_records` is a defined flag, so both
-    spellings work (absl knows only the one the flag was defined with)."""
-    def spelled(arg: str) -> str:
-        if not arg.startswith("--") or arg.startswith("--config"):
-            return arg
-        name, separator, value = arg[2:].partition("=")
-        underscored = name.replace("-", "_")
-        return f"--{underscored}{separator}{value}" if underscored in names else arg
-
-    return [spelled(arg) for arg in argv]
-
-
-def flags_help(extra_flags: Callable) -> str:
-    """One line per flag `extra_flags` defines: `--name=DEFAULT  help` (dashes work too)."""
-    from absl import flags
-
-    values = flags.FlagValues()
-    extra_flags(values)
-    lines = []
-    for name in sorted(values):
-        flag = values[name]
-        default = "" if flag.default is None else ",".join(flag.default) if isinstance(flag.default, list) \
-            else flag.default
-        lines.append(f"  --{name}={default}".ljust(28) + f"  {flag.help}")
-    return "\n".join(lines)
 
 
 def config_fields(config: ConfigDict, prefix: str = "config") -> list[tuple[str, object]]:
@@ -257,5 +224,5 @@ def _same_kind(value, expected) -> bool:
     return isinstance(value, type(expected))
 
 
-__all__ = ["ConfigError", "check_fields", "config_fields", "config_to_dict", "flags_help",
-           "format_config_fields", "load_config", "underscore_flag_names"]
+__all__ = ["ConfigError", "check_fields", "config_fields", "config_to_dict", "format_config_fields",
+           "load_config"]

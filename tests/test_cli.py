@@ -37,3 +37,20 @@ def test_a_workdir_that_is_a_file_is_refused_before_any_compute(tmp_path, capsys
         assert cli.main(["train", f"--config={configs / 'synthetic_demo.py'}:tiny", f"--workdir={workdir}"]) == 2
         assert f"--workdir={workdir}: {message}" in capsys.readouterr().err
     assert taken.read_text() == "someone's file"
+
+
+def test_one_flag_style_dashes_underscores_and_config_arguments():
+    import pytest
+
+    from hmsa_jax import flags
+    from hmsa_jax.train.cli import argument_parser
+
+    argv = ["--config.train.steps=3", "--stop_after=2", "--config", "configs/x.py:tiny",
+            "--workdir", "/tmp/run_a", "--config.data.root=/d_e"]
+    args, config_args = flags.parse(argument_parser(), argv)
+    assert (args.stop_after, args.workdir) == (2, "/tmp/run_a")
+    assert config_args == ["--config=configs/x.py:tiny", "--config.train.steps=3", "--config.data.root=/d_e"]
+    assert flags.config_arguments(argv) == config_args
+    with pytest.raises(SystemExit) as stop:  # argparse's one-line error, exit status 2
+        flags.parse(argument_parser(), ["--stop-after=x"])
+    assert stop.value.code == 2

@@ -108,8 +108,9 @@ def test_max_records_in_either_spelling_and_quiet(capsys):
 
 def test_help_lists_the_options(capsys):
     assert cli.main(["data-check", "--help"]) == 0
-    out = capsys.readouterr().out
-    for option in ("--max_records=0", "--splits=train,eval", "--threads=4", "--quiet", "--config=FILE"):
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
+    for option in ("--max-records N", "default 0: all", "--max_records too", "--splits LIST",
+                   "default train,eval", "--threads N", "default 4", "--quiet", "--config FILE[:preset]"):
         assert option in out
 
 

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from hmsa_jax import flags
 from hmsa_jax.console import plural, progress_bar
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable, trainids_read_as_labelids
@@ -78,16 +79,17 @@ def format_histogram(report: SplitReport) -> str:
     return "\n".join(lines)
 
 
-def _define_flags(values):
-    from absl import flags
-
-    flags.DEFINE_list("splits", ["train", "eval"], "which of train, eval, autolabel to check",
-                      flag_values=values)
-    flags.DEFINE_integer("max_records", 0, "check at most this many records per split (0: all)",
-                         flag_values=values)
-    flags.DEFINE_integer("threads", 4, "reader threads", flag_values=values)
-    flags.DEFINE_boolean("quiet", False, "no progress bars (none either when stderr is not a terminal)",
-                         flag_values=values)
+def argument_parser():
+    parser = flags.argument_parser("hmsa data-check", __doc__)
+    flags.add_config_argument(parser, "the dataset (the config's data section)")
+    parser.add_argument("--splits", type=flags.comma_list, default=["train", "eval"], metavar="LIST",
+                        help="which of train, eval, autolabel to check (default train,eval)")
+    parser.add_argument("--max-records", type=int, default=0, metavar="N",
+                        help="check at most N records per split (default 0: all; --max_records too)")
+    parser.add_argument("--threads", type=int, default=4, metavar="N", help="reader threads (default 4)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (none either when stderr is not a terminal)")
+    return parser
 
 
 def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_threads: int = 4,
@@ -116,14 +118,15 @@ def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_thre
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.configlib import ConfigError, flags_help, load_config
+    from hmsa_jax.configlib import ConfigError, load_config
 
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"{__doc__}\noptions (--max-records and --max_records both work):\n{flags_help(_define_flags)}\n"
-              f"  --config=FILE[:preset]      the dataset config; --config.data.<key>=<value> overrides")
+    parser = argument_parser()
+    if flags.wants_help(argv):
+        print(parser.format_help())
         return 0
+    values, config_args = flags.parse(parser, argv)
     try:
-        config, values = load_config(argv, _define_flags)
+        config, _ = load_config(config_args)
     except ConfigError as error:
         print(f"hmsa data-check: {error}", file=sys.stderr)
         return 2

@@ -13,9 +13,9 @@ DIR/init_from.txt. `hmsa config --config=...` prints a resolved config without t
 
 Multi-host: the same command on every host; the job is joined as config.distributed and the
 environment say (SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
-JAX_PROCESS_ID). --stop_after=N ends this run after N steps with a checkpoint.
+JAX_PROCESS_ID). --stop-after=N ends this run after N steps with a checkpoint.
 
-Exit status: 0 done (or --stop_after reached); 2 a config, workdir or checkpoint error (e.g.
+Exit status: 0 done (or --stop-after reached); 2 a config, workdir or checkpoint error (e.g.
 no usable checkpoint left after setting damaged ones aside); 74 a checkpoint could not be
 written (disk full, no permission: the earlier ones are intact, run the same command again once
 fixed); 75 stopped by SIGTERM/SIGINT after saving a checkpoint (run the same command to resume;
@@ -28,15 +28,17 @@ import os
 import shlex
 import sys
 
+from hmsa_jax import flags
 from hmsa_jax.runtime import configure_runtime
 
 
-def _define_flags(values) -> None:
-    from absl import flags
-
-    flags.DEFINE_string("workdir", None, "run folder: config, metrics, checkpoints", flag_values=values)
-    flags.DEFINE_integer("stop_after", None, "end this run after N steps (with a checkpoint; --stop-after too)",
-                         flag_values=values)
+def argument_parser():
+    parser = flags.argument_parser("hmsa train", __doc__)
+    flags.add_config_argument(parser)
+    parser.add_argument("--workdir", metavar="DIR", help="run folder: config, metrics, checkpoints")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="end this run after N steps, with a checkpoint (--stop_after too)")
+    return parser
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (resume) later
@@ -44,18 +46,18 @@ WRITE_FAILED_EXIT_CODE = 74  # EX_IOERR: a checkpoint could not be written
 
 
 def help_text(argv: list[str]) -> str:
-    """The module docstring, this command's flags and every config field with its value: the
+    """The module docstring, this command's options and every config field with its value: the
     defaults, or those of the --config file (and overrides) when one is given."""
-    from hmsa_jax.configlib import flags_help, format_config_fields, load_config
+    from hmsa_jax.configlib import format_config_fields, load_config
     from hmsa_jax.train.config import default_config
 
-    config_args = [a for a in argv if a.startswith("--config")]
+    config_args = flags.config_arguments(argv)
     if any(a.startswith("--config=") for a in config_args):
         config, _ = load_config(config_args)
         where = f"values of {' '.join(config_args)}"
     else:
         config, where = default_config(), "defaults; configs/*.py files change some"
-    return (f"{__doc__}\noptions:\n{flags_help(_define_flags)}\n\nconfig fields ({where}; set any with "
+    return (f"{argument_parser().format_help()}\nconfig fields ({where}; set any with "
             f"--config.<key>=<value>, print a whole config with `hmsa config --config=FILE`):\n"
             f"{format_config_fields(config)}")
 
@@ -63,7 +65,7 @@ def help_text(argv: list[str]) -> str:
 def main(argv: list[str]) -> int:
     from hmsa_jax.configlib import ConfigError, load_config
 
-    if any(a in ("-h", "--help") for a in argv):
+    if flags.wants_help(argv):
         try:
             print(help_text(argv))
         except ConfigError as error:
@@ -71,8 +73,9 @@ def main(argv: list[str]) -> int:
             return 2
         return 0
 
+    values, config_args = flags.parse(argument_parser(), argv)
     try:
-        config, values = load_config(argv, _define_flags)
+        config, _ = load_config(config_args)
         if not values.workdir:
             raise ConfigError("missing --workdir=DIR (where checkpoints and logs go)")
         _check_workdir(values.workdir)
@@ -81,7 +84,7 @@ def main(argv: list[str]) -> int:
         validate_config(config)
         _check_init_from(config.checkpoint.init_from, values.workdir)
         if values.stop_after is not None and values.stop_after < 1:
-            raise ConfigError(f"--stop_after={values.stop_after}; expected a number of steps > 0")
+            raise ConfigError(f"--stop-after={values.stop_after}; expected a number of steps > 0")
     except ConfigError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 2
