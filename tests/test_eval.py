@@ -1,6 +1,7 @@
 """`hmsa eval`: every image scored once on 1 and 8 devices, the confusion matrix against a
-per-image reference, the cityscapesscripts cross-check on saved labelId PNGs, sliding windows,
-and clear one-line errors for bad input."""
+per-image reference, the same matrix as training-time validation on a trained checkpoint, the
+cityscapesscripts cross-check on saved labelId PNGs, sliding windows, and clear one-line errors
+for bad input."""
 import copy
 import glob
 import json
@@ -20,6 +21,7 @@ from hmsa_jax.data.build import make_eval_dataset
 from hmsa_jax.data.labels import cityscapes_classes, cityscapes_label_id_lut
 from hmsa_jax.data.sources.synthetic import synthetic_classes
 from hmsa_jax.loading import load_model
+from hmsa_jax.train import loop
 
 SCALES = (0.5, 1.0)
 
@@ -101,6 +103,47 @@ def test_cli_prints_table_and_writes_json(synthetic_run, tmp_path, capsys):
     assert report["miou"] == pytest.approx(expected.scores["miou"], abs=1e-12)
     assert set(report["per_class"]) == set(synthetic_classes(8).names)
     assert f"{100 * expected.scores['miou']:6.2f}" in printed and "6 of 6 images scored" in printed
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """Two training steps ending in a validation at SCALES (hierarchical fusion), whose
+    confusion matrix is recorded as train() computed it."""
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    config = tiny_config(num_eval=6)
+    config.data.augment.crop_size = (HEIGHT, WIDTH)
+    config.data.class_uniform.tile_size = 32
+    config.data.loader.batch_size = 4
+    config.train.update(steps=2, criterion="ce", num_devices=4, log_every=1)
+    config.validation.update(every_steps=0, scales=SCALES, fusion="hierarchical")
+    validations = []
+
+    def recorded(*args, **kwargs):
+        validations.append(validate(*args, **kwargs))
+        return validations[-1]
+
+    validate = loop.validate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "validate", recorded)
+        summary = loop.train(config, workdir, log=lambda _: None)
+    return workdir, summary, validations
+
+
+def _hmsa_eval_confusion(workdir, tmp_path, scales) -> np.ndarray:
+    out = tmp_path / f"eval_{len(scales)}.json"
+    assert cli.main(["eval", f"--checkpoint={workdir}", f"--scales={','.join(map(str, scales))}",
+                     "--num-devices=4", f"--json={out}", "--quiet"]) == 0
+    return np.asarray(json.loads(out.read_text())["confusion"])
+
+
+def test_training_validation_and_hmsa_eval_give_the_same_confusion_matrix(trained_run, tmp_path):
+    workdir, summary, validations = trained_run
+    assert summary["steps"] == 2 and len(validations) == 1
+    during_training = validations[0]
+    assert during_training.sum() == 6 * HEIGHT * WIDTH
+    np.testing.assert_array_equal(_hmsa_eval_confusion(workdir, tmp_path, SCALES), during_training)
+    # The check can fail: the same checkpoint at another scale set predicts other pixels.
+    assert not np.array_equal(_hmsa_eval_confusion(workdir, tmp_path, (1.0,)), during_training)
 
 
 @pytest.fixture(scope="module")
