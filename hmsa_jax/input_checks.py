@@ -23,23 +23,19 @@ class InferenceError(ValueError):
     """Unusable inference input: scales, fusion, images, or a checkpoint that does not fit."""
 
 
-def _inference_error(message: str) -> Exception:
-    return InferenceError(message)
-
-
 def check_scaled_size(where: str, height: int, width: int, scales: Sequence[float]) -> None:
     """Every scale leaves at least one pixel each way and the largest stays under
     MAX_SCALED_PIXELS (`where` names the image or split)."""
     for scale in sorted(scales):
         rows, cols = int(height * scale), int(width * scale)
         if min(rows, cols) < 1:
-            raise _inference_error(
+            raise InferenceError(
                 f"{where}: scale {scale:g} makes this {height}x{width} image {rows}x{cols}; expected "
                 f"every scale to leave at least 1 pixel each way (drop {scale:g} or use larger images)")
     largest = max(scales)
     pixels = int(height * largest) * int(width * largest)
     if pixels > MAX_SCALED_PIXELS:
-        raise _inference_error(
+        raise InferenceError(
             f"{where}: scale {largest:g} makes this {height}x{width} image "
             f"{int(height * largest)}x{int(width * largest)} = {pixels / 1e6:.0f} Mpx; expected at most "
             f"{MAX_SCALED_PIXELS / 1e6:.0f} Mpx per scaled image (use smaller scales or --window)")
@@ -48,7 +44,7 @@ def check_scaled_size(where: str, height: int, width: int, scales: Sequence[floa
 def check_picture_shape(path: str, height: int, width: int) -> None:
     """Pictures need an aspect ratio within 1:MAX_PICTURE_ASPECT."""
     if max(height, width) > MAX_PICTURE_ASPECT * min(height, width):
-        raise _inference_error(
+        raise InferenceError(
             f"{path}: a {height}x{width} image (HxW); expected an aspect ratio within 1:"
             f"{MAX_PICTURE_ASPECT} for pictures (crop it into tiles first)")
 
@@ -109,6 +105,6 @@ def check_out_dir(out_dir: str, inputs: Sequence[str], option: str = "--out") ->
                                   f"an output folder outside the inputs")
 
 
-__all__ = ["MAX_PICTURE_ASPECT", "MAX_SCALED_PIXELS", "check_inputs_fit", "check_out_dir",
-           "check_output_file", "check_output_folder",
-           "check_picture_shape", "check_scaled_size"]
+__all__ = ["InferenceError", "MAX_PICTURE_ASPECT", "MAX_SCALED_PIXELS", "check_inputs_fit",
+           "check_out_dir", "check_output_file", "check_output_folder", "check_picture_shape",
+           "check_scaled_size"]
