@@ -34,6 +34,41 @@ VARIANTS = tuple(f"single {s:g}x" for s in (0.5, 1.0, 2.0)) + tuple(
     f"{fusion} {tag}" for tag in ("{0.5,1}", "{0.5,1,2}") for fusion in ("hierarchical", "avg", "max"))
 
 
+class ClassTally:
+    """Per-class tallies over labelled batches, shared with scale_study.py: a confusion matrix
+    per prediction variant, and per map the sum of its values over each class's ground-truth
+    pixels (labels outside [0, K) are left out)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.pixels = np.zeros(num_classes)
+        self.confusions: dict[str, np.ndarray] = {}
+        self.map_sums: dict[str, np.ndarray] = {}
+
+    def add(self, labels: np.ndarray, predictions: dict, maps: dict) -> None:
+        """labels [B, H, W]; predictions {variant: [B, H, W] class ids}; maps {name: [B, H, W]}."""
+        k = self.num_classes
+        flat = np.asarray(labels, np.int64).ravel()
+        self.pixels += np.bincount(flat, minlength=k)[:k]
+        for key, prediction in predictions.items():
+            index = flat * k + np.asarray(prediction).ravel().astype(np.int64)
+            self.confusions[key] = self.confusions.get(key, 0) + np.bincount(index, minlength=k * k)[:k * k]
+        for key, values in maps.items():
+            sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=k)
+            self.map_sums[key] = self.map_sums.get(key, 0) + sums[:k]
+
+    def scores(self) -> dict:
+        """{variant: hmsa_jax.metrics.segmentation_scores of its confusion matrix}."""
+        from hmsa_jax.metrics import segmentation_scores
+
+        k = self.num_classes
+        return {key: segmentation_scores(c.reshape(k, k)) for key, c in self.confusions.items()}
+
+    def group_mean(self, key: str, classes: list[int]) -> float:
+        """The mean of map `key` over the pixels of these classes together."""
+        return float(self.map_sums[key][classes].sum() / self.pixels[classes].sum())
+
+
 def _variants(per_scale):
     from hmsa_jax import multiscale, ops
 
@@ -73,7 +108,6 @@ def run(checkpoint: str, out_dir: str, max_images: int = 0, batch_size: int = 8)
 
     from hmsa_jax.data.build import build_source
     from hmsa_jax.data.transforms import normalize_image
-    from hmsa_jax.metrics import segmentation_scores
     from hmsa_jax.loading import load_model
 
     loaded = load_model(checkpoint)
@@ -86,40 +120,32 @@ def run(checkpoint: str, out_dir: str, max_images: int = 0, batch_size: int = 8)
     count = min(len(source), max_images) if max_images else len(source)
     names, num_classes = loaded.classes.names, loaded.num_classes
     study = make_study_fn(loaded.model)
-    confusions, attention_sums, pixels, examples = {}, {}, np.zeros(num_classes), []
+    tally, examples = ClassTally(num_classes), []
     start = time.perf_counter()
     for first in range(0, count, batch_size):
         records = [source.load(i) for i in range(first, min(first + batch_size, count))]
         images = np.stack([r["image"] for r in records])
         labels = np.stack([r["label"] for r in records]).astype(np.int64)
         predictions, attention, weights = study(loaded.variables, normalize_image(images))
-        flat = labels.ravel()
-        pixels += np.bincount(flat, minlength=num_classes)[:num_classes]
-        for key, prediction in predictions.items():
-            index = flat * num_classes + np.asarray(prediction).ravel().astype(np.int64)
-            confusions[key] = confusions.get(key, 0) + np.bincount(index, minlength=num_classes ** 2)
-        named_weights = {f"w{s:g}x": w for s, w in weights.items()}
-        for key, values in {**attention, **named_weights}.items():
-            sums = np.bincount(flat, weights=np.asarray(values, np.float64).ravel(), minlength=num_classes)
-            attention_sums[key] = attention_sums.get(key, 0) + sums[:num_classes]
+        tally.add(labels, predictions, {**attention, **{f"w{s:g}x": w for s, w in weights.items()}})
         if len(examples) < 3:
             examples += [(images[k], labels[k], np.asarray(attention["a0.5 vs 1x"][k]),
                           {s: np.asarray(w[k]) for s, w in weights.items()},
                           np.asarray(predictions["hierarchical {0.5,1,2}"][k])) for k in range(min(3, len(records)))]
     seconds = time.perf_counter() - start
-    miou = {key: segmentation_scores(c.reshape(num_classes, num_classes)) for key, c in confusions.items()}
+    miou, pixels = tally.scores(), tally.pixels
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = {key: sums / pixels for key, sums in attention_sums.items()}
+        per_class = {key: sums / pixels for key, sums in tally.map_sums.items()}
     thin = [k for k, n in enumerate(names) if n in thin_names and pixels[k] > 0]
     large = [k for k, n in enumerate(names) if n not in thin_names and pixels[k] > 0]
-    group = lambda key, ks: float(attention_sums[key][ks].sum() / pixels[ks].sum()) if ks else None
     result = {
         "checkpoint": loaded.path, "model": loaded.model_name, "images": count,
         "size": list(source.load(0)["image"].shape[:2]), "seconds": round(seconds, 1),
         "classes": {n: {"pixel_share": float(pixels[k] / pixels.sum()),
                         **{key: (None if not np.isfinite(v[k]) else float(v[k])) for key, v in per_class.items()}}
                     for k, n in enumerate(names)},
-        "groups": {g: {key: group(key, ks) for key in attention_sums} for g, ks in (("thin", thin), ("large", large))},
+        "groups": {g: {key: tally.group_mean(key, ks) if ks else None for key in tally.map_sums}
+                   for g, ks in (("thin", thin), ("large", large))},
         "miou": {key: miou[key]["miou"] for key in VARIANTS},
         "pixel_accuracy": {key: miou[key]["pixel_accuracy"] for key in VARIANTS},
         "iou_per_class": {key: dict(zip(names, [None if not np.isfinite(v) else float(v) for v in s["iou"]]))

@@ -37,9 +37,10 @@ from hmsa_jax.data.sources.scale_bench import LARGE_CLASSES, THIN_CLASSES
 from hmsa_jax.data.transforms import normalize_image
 from hmsa_jax.inference import scale_weights
 from hmsa_jax.loading import load_model
-from hmsa_jax.metrics import segmentation_scores
 from hmsa_jax.train.loop import train
 from hmsa_jax.train.run_files import write_json_atomically
+
+from attention_study import ClassTally  # benchmarks/ is on the path of a script run from it
 
 FAMILIES = {"resnet": "resnet_tiny_deeplabv3plus", "hrnet": "hrnet_tiny_ocr"}
 # method -> (model-name suffix, train.scale_mode)
@@ -105,27 +106,18 @@ def make_outputs_fn(model):
 
 def evaluate(workdir: str, images: np.ndarray, labels: np.ndarray, batch_size: int = 16) -> dict:
     loaded = load_model(workdir)
-    names, k = loaded.classes.names, loaded.num_classes
+    names = loaded.classes.names
     outputs = make_outputs_fn(loaded.model)
-    confusions, map_sums = {}, {}
-    pixels = np.bincount(labels.ravel(), minlength=k)[:k]
+    tally = ClassTally(loaded.num_classes)
     for first in range(0, len(images), batch_size):
-        batch_labels = labels[first:first + batch_size].ravel()
-        predictions, maps = outputs(loaded.variables, images[first:first + batch_size])
-        for key, prediction in predictions.items():
-            index = batch_labels * k + np.asarray(prediction).ravel().astype(np.int64)
-            confusions[key] = confusions.get(key, 0) + np.bincount(index, minlength=k * k)
-        for key, values in maps.items():
-            sums = np.bincount(batch_labels, weights=np.asarray(values, np.float64).ravel(), minlength=k)
-            map_sums[key] = map_sums.get(key, 0) + sums[:k]
-    scores = {key: segmentation_scores(c.reshape(k, k)) for key, c in confusions.items()}
+        tally.add(labels[first:first + batch_size], *outputs(loaded.variables, images[first:first + batch_size]))
+    scores = tally.scores()
     groups = {"large": [names.index(n) for n in LARGE_CLASSES], "thin": [names.index(n) for n in THIN_CLASSES]}
     return {
         "checkpoint": loaded.path,
         "miou": {key: float(s["miou"]) for key, s in scores.items()},
         "iou": {key: dict(zip(names, map(float, s["iou"]))) for key, s in scores.items()},
-        "attention": {key: {g: float(sums[ks].sum() / pixels[ks].sum()) for g, ks in groups.items()}
-                      for key, sums in map_sums.items()},
+        "attention": {key: {g: tally.group_mean(key, ks) for g, ks in groups.items()} for key in tally.map_sums},
     }
 
 
