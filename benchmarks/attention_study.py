@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from hmsa_jax import inference_cli
 
-    inference_cli.configure_runtime_for_checkpoint(args.checkpoint)
+    inference_cli.configure_runtime()  # this machine's defaults, as hmsa predict does
     result = run(args.checkpoint, args.out, args.max_images, args.batch_size)
     print(format_tables(result))
     print(f"\nwrote {os.path.join(args.out, 'attention_study.json')} and attention_study.png")

@@ -5,7 +5,7 @@ on a fake Cityscapes folder, benchmarks/data_pipeline.py's helpers), (2) the jit
 step alone on a batch already on the device, (3) the loop a training run executes (next batch
 -> global array -> step). If (3) is near min(1, 2) and (1) < (2), the pipeline starves the step.
 Also the host->device copy of one batch as float32 (normalised on the host, the default) and as
-uint8 (`data.augment.normalize=False`, normalised on the device by `prepare_images`).
+uint8 (`data.augment.normalize=False`, normalised on the device by `ops.prepare_images`).
 
     python benchmarks/data_vs_step.py                 # tiny model, 128x256 images, 64x128 crops
     python benchmarks/data_vs_step.py --full          # hrnet48_ocr_mscale, 1024x2048, bf16

@@ -35,7 +35,6 @@ from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable
 from hmsa_jax.inference import inference_options, make_logits_fn, normalize_input, pad_batch
 from hmsa_jax.input_checks import InferenceError
 from hmsa_jax.loading import load_model
-from hmsa_jax.predict import find_images
 
 SUMMARY_NAME = "autolabel_summary.json"
 
@@ -257,7 +256,7 @@ def _autolabel_command(args) -> int:
     border = parse_border(args.border)
     check_threshold(args.threshold, "--threshold")
     cli.check_batch_size(args.batch_size)
-    images = find_images([args.images])
+    images = input_checks.find_images([args.images])
     input_checks.check_out_dir(args.out, [args.images])  # labels among the images: refused
     input_checks.check_inputs_fit(images, options.scales)  # non-images, scales vs sizes
     cli.configure_runtime()  # this machine's defaults, not the checkpoint's

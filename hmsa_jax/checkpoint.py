@@ -30,12 +30,16 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from typing import Any, Callable
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import v1 as ocp_v1
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
@@ -340,8 +344,6 @@ def make_manager(directory: str, *, max_to_keep: int = 3, keep_best: int = 1,
 def purge_retired(directory: str) -> None:
     """Delete the steps Orbax retired into TODELETE_SUBDIR (process 0; partial deletion there is
     harmless: nothing reads that folder)."""
-    import shutil
-
     retired = os.path.join(directory, TODELETE_SUBDIR)
     if jax.process_index() != 0 or not os.path.isdir(retired):
         return
@@ -359,8 +361,6 @@ def save(manager: ocp.CheckpointManager, state, data_iterator, meta: dict,
          metrics: dict | None = None, *, force: bool = False) -> bool:
     """Start saving `state` at its step (asynchronously). `metrics` (with "val/miou") rank the
     checkpoint for keep-best; pass None for steps without validation."""
-    import grain
-
     step = int(jax.device_get(state.step))
     purge_retired(str(manager.directory))
     items = {STATE: ocp.args.StandardSave(state_tree(state)), META: ocp.args.JsonSave(meta)}
@@ -379,8 +379,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None,
             step: int | None = None):
     """(state, data_iterator, meta) at `step` (latest by default) into the abstract state's
     shapes, dtypes and shardings; the iterator (if given) is restored in place."""
-    import grain
-
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{manager.directory}: no checkpoint to restore")
@@ -422,8 +420,6 @@ def _restore_checked(manager, abstract_state, data_iterator, step: int, step_dir
 def _any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
 
 
@@ -561,8 +557,6 @@ def load_partial(step_dir: str, item: str, target: dict) -> dict:
     nothing else read (params + batch_stats without the optimiser state), through Orbax's
     high-level v1 `load` with partial loading. (`StandardCheckpointer` cannot: orbax 0.12.8's
     StandardRestore has no partial restore and refuses a target without opt_state.)"""
-    from orbax.checkpoint import v1 as ocp_v1
-
     context = ocp_v1.Context()
     context.pytree.loading.partial_load = True
     with context:

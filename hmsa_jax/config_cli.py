@@ -13,6 +13,8 @@ import sys
 import yaml  # ml_collections' own dependency
 
 from hmsa_jax import flags
+from hmsa_jax.configlib import ConfigError, config_to_dict, load_config
+from hmsa_jax.train.config import validate_config
 
 
 def argument_parser():
@@ -32,8 +34,6 @@ _InlineListDumper.add_representer(
 
 
 def render(config, as_json: bool) -> str:
-    from hmsa_jax.configlib import config_to_dict
-
     resolved = config_to_dict(config)  # tuples as lists: no "!!python/tuple" tags in the YAML
     if as_json:
         return json.dumps(resolved, indent=2)
@@ -41,8 +41,6 @@ def render(config, as_json: bool) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.configlib import ConfigError, load_config
-
     parser = argument_parser()
     if flags.wants_help(argv):
         print(parser.format_help())
@@ -51,8 +49,6 @@ def main(argv: list[str]) -> int:
     try:
         config, _ = load_config(config_args)
         if "model" in config:  # a training config (a data-only config has nothing more to check)
-            from hmsa_jax.train.config import validate_config
-
             validate_config(config)
     except ConfigError as error:
         print(f"hmsa config: {error}", file=sys.stderr)

@@ -7,10 +7,14 @@ with a value of its type. Errors (unknown preset, unknown key, wrong type) surfa
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
 import os
 import traceback
 
-from ml_collections import ConfigDict
+from absl import flags
+from ml_collections import ConfigDict, config_flags
 
 
 class ConfigError(ValueError):
@@ -22,9 +26,6 @@ def load_config(argv: list[str]):
     command's: see hmsa_jax.flags) into (config, the absl FlagValues that read them). The
     config is locked: later code cannot add keys by mistake.
     """
-    from absl import flags
-    from ml_collections import config_flags
-
     argv = ["hmsa"] + list(argv)
     values = flags.FlagValues()
     # sys_argv: the overrides are read from this list, not from the process's sys.argv.
@@ -112,8 +113,6 @@ def _defines_get_config(path: str) -> bool:
     A file that does not parse counts as defining it: loading it reports the syntax error. (An
     AST check because ml_collections re-executes every config file into one module object, so
     a file without get_config would silently reuse the previous file's in a long process.)"""
-    import ast
-
     try:
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), path)
@@ -174,8 +173,6 @@ def _check_override_keys(argv: list[str]) -> None:
 
 def _run_get_config(path: str):
     """`get_config(preset)` of `file.py[:preset]`, the file imported as a fresh module."""
-    import importlib.util
-
     file, *preset = path.split(":", 1)
     spec = importlib.util.spec_from_file_location("hmsa_config_file", file)
     module = importlib.util.module_from_spec(spec)
@@ -190,8 +187,6 @@ def _explain(error: Exception, argv: list[str]) -> str:
 
 def config_to_dict(config: ConfigDict) -> dict:
     """A JSON-ready copy (tuples become lists)."""
-    import json
-
     return json.loads(config.to_json_best_effort())
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from typing import Iterable
 
+from tqdm import tqdm
+
 def plural(count: int, noun: str) -> str:
     """'1 device', '2 devices', '1 process', '3 processes'."""
     if count == 1:
@@ -25,8 +27,6 @@ def show_progress(quiet: bool = False) -> bool:
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
                  unit: str = "it", quiet: bool = False):
     """A tqdm bar on stderr, disabled (a plain pass-through) unless `show_progress(quiet)`."""
-    from tqdm import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True,
                 disable=not show_progress(quiet), leave=True)
 

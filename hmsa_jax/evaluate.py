@@ -25,16 +25,22 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import ConfigDict
 
+from hmsa_jax import inference_cli as cli
 from hmsa_jax import input_checks, parallel
+from hmsa_jax.configlib import ConfigError, load_config
 from hmsa_jax.console import plural, progress_bar
+from hmsa_jax.data.build import make_eval_dataset
 from hmsa_jax.data.errors import DataError
-from hmsa_jax.data.labels import trainids_read_as_labelids
+from hmsa_jax.data.imageio import write_png
+from hmsa_jax.data.labels import cityscapes_train_ids_to_label_ids, trainids_read_as_labelids
+from hmsa_jax.data.pipeline import close_iterator
 from hmsa_jax.inference import InferenceOptions, inference_options, make_logits_fn
 from hmsa_jax.input_checks import InferenceError
 from hmsa_jax.loading import LoadedModel, load_model
 from hmsa_jax.metrics import confusion_matrix, format_scores, scores_to_json, segmentation_scores
-from hmsa_jax.train.step import prepare_images
+from hmsa_jax.ops import prepare_images
 from hmsa_jax.visualize import picture_header, write_pictures
 
 # What the evaluator reads of an eval batch (the rest, e.g. "index", stays on the host).
@@ -107,15 +113,6 @@ def confusion_over(eval_fn: Callable, variables: dict, batches: Iterable[dict], 
             int(counted.addressable_data(0)))
 
 
-def close_iterator(iterator) -> None:
-    """Stop a Grain iterator's prefetch threads now. Left to the garbage collector, an iterator
-    of a pipeline with worker processes can be collected on its own prefetch thread, whose
-    __del__ then tries to join that thread ("RuntimeError: cannot join current thread")."""
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
-
-
 def local_rows(array: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded array, in the order of its local batch."""
     shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
@@ -131,9 +128,6 @@ def local_rows(array: jax.Array) -> np.ndarray:
 def prediction_writer(directory: str, source, classes_name: str, padded: bool) -> Callable:
     """write(record index, train ids [H, W]) -> path: Cityscapes labelIds for Cityscapes,
     train ids otherwise, at `directory/<record name>.png`, cropped to the image when padded."""
-    from hmsa_jax.data.imageio import write_png
-    from hmsa_jax.data.labels import cityscapes_train_ids_to_label_ids
-
     cityscapes = classes_name == "cityscapes"
 
     def write(index: int, train_ids: np.ndarray) -> str:
@@ -165,8 +159,6 @@ def evaluate(loaded: LoadedModel, data, options: InferenceOptions, *, mesh=None,
              log: Callable[[str], None] = print, quiet: bool = True) -> EvalResult:
     """Score `loaded` on data.eval_split of the `data` config section (see module docstring).
     `quiet=False`: a progress bar over the batches (on a terminal)."""
-    from hmsa_jax.data.build import make_eval_dataset
-
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(data.eval.batch_size, mesh, "data.eval.batch_size")
     eval_ds, num_batches, source = make_eval_dataset(data)
@@ -210,8 +202,6 @@ def show_pictures(loaded: LoadedModel, data, options: InferenceOptions, director
                   max_images: int, header: dict) -> str:
     """The pictures page (hmsa_jax.visualize.write_pictures, with ground truth and per-image mIoU)
     of the first `max_images` images of the eval split; returns its index.html."""
-    from hmsa_jax.data.build import make_eval_dataset
-
     eval_ds, _, source = make_eval_dataset(data)
     images, labels, names = [], [], []
     iterator = iter(eval_ds)
@@ -232,8 +222,6 @@ def show_pictures(loaded: LoadedModel, data, options: InferenceOptions, director
 
 # ----------------------------------------------------------------------------- command line
 def main(argv: list[str]) -> int:
-    from hmsa_jax import inference_cli as cli
-
     parser = cli.argument_parser(
         "hmsa eval", "Score a checkpoint on a dataset split: per-class IoU, mIoU, pixel and mean "
         "class accuracy. The data section comes from --config (with --config.a.b=value "
@@ -263,8 +251,6 @@ def main(argv: list[str]) -> int:
 
 def _command_line_config(config_args: list[str]):
     """The --config file with its overrides, or None (then the checkpoint's data section)."""
-    from hmsa_jax.configlib import ConfigError, load_config
-
     if any(a.startswith("--config=") for a in config_args):
         config, _ = load_config(config_args)
         return config
@@ -274,10 +260,6 @@ def _command_line_config(config_args: list[str]):
 
 
 def _checkpoint_data_config(meta: dict, checkpoint: str):
-    from ml_collections import ConfigDict
-
-    from hmsa_jax.configlib import ConfigError
-
     if not meta.get("config"):
         raise ConfigError(f"{checkpoint}: this checkpoint stores no config (a converted one?); pass "
                           f"--config=configs/<dataset>.py to say what to evaluate on")
@@ -285,8 +267,6 @@ def _checkpoint_data_config(meta: dict, checkpoint: str):
 
 
 def _eval_command(args, config_args: list[str]) -> int:
-    from hmsa_jax import inference_cli as cli
-
     options = inference_options(args)  # bad scales fail before anything loads
     for option, folder in (("--save-predictions", args.save_predictions), ("--show-dir", args.show_dir)):
         if folder:  # output paths fail before the evaluation, not after it
@@ -344,5 +324,5 @@ def _eval_command(args, config_args: list[str]) -> int:
     return 0
 
 
-__all__ = ["EVAL_KEYS", "EvalResult", "close_iterator", "confusion_over", "eval_step", "evaluate",
+__all__ = ["EVAL_KEYS", "EvalResult", "confusion_over", "eval_step", "evaluate",
            "local_rows", "make_eval_fn", "prediction_writer", "show_pictures"]

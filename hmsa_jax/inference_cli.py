@@ -76,13 +76,6 @@ def configure_runtime(runtime=None) -> None:
         print(note)
 
 
-def configure_runtime_for_checkpoint(path: str) -> None:
-    """Kept for callers written when the checkpoint's runtime section applied: now the local
-    defaults, whatever `path` holds."""
-    del path
-    configure_runtime()
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean 'bad input', printed as one line instead of a traceback."""
     # The OSErrors a wrong path gives (an --out that is a file, a read-only folder): their
@@ -102,5 +95,5 @@ def run_guarded(prog: str, command: Callable[[], int]) -> int:
 
 
 __all__ = ["add_batch_arguments", "add_checkpoint_arguments", "check_batch_size", "add_inference_arguments", "argument_parser",
-           "configure_runtime", "configure_runtime_for_checkpoint",
+           "configure_runtime",
            "parse_pair", "run_guarded", "user_errors"]

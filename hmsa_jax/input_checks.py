@@ -3,16 +3,19 @@ images and folders given, checked before a checkpoint is loaded or anything is c
 
 Each rule raises the error type of its kind of mistake, with one line naming the culprit and
 what was expected: InferenceError for a scale that does not fit an image, DataError for a
-file that is not an image, FileExistsError for an output folder that would mix with inputs,
-NotADirectoryError / PermissionError for one that cannot be made.
+file that is not an image or inputs that name none, FileExistsError for an output folder that
+would mix with inputs, NotADirectoryError / PermissionError for one that cannot be made.
 """
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
+from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.imageio import image_size
 
+# What find_images takes from an input folder (any file named directly is read).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Largest scaled input one image may become (4x the paper's largest: 1024x2048 at 2.0).
 MAX_SCALED_PIXELS = 4 * 1024 * 2048 * 4
 # Pictures (predict) of thinner strips are unreadable and their panels huge.
@@ -47,6 +50,30 @@ def check_picture_shape(path: str, height: int, width: int) -> None:
         raise InferenceError(
             f"{path}: a {height}x{width} image (HxW); expected an aspect ratio within 1:"
             f"{MAX_PICTURE_ASPECT} for pictures (crop it into tiles first)")
+
+
+def find_images(inputs: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, name) of every image in `inputs` (files, or folders searched recursively); name is
+    the path relative to its folder without extension (the file stem for files)."""
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _, files in sorted(os.walk(item)):
+                for f in sorted(files):
+                    if f.lower().endswith(IMAGE_EXTENSIONS):
+                        path = os.path.join(root, f)
+                        found.append((path, os.path.splitext(os.path.relpath(path, item))[0]))
+        elif os.path.isfile(item):
+            found.append((item, os.path.splitext(os.path.basename(item))[0]))
+        else:
+            raise DataError(f"{item}: no such image file or folder")
+    if not found:
+        raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found in {', '.join(inputs)}")
+    names = [n for _, n in found]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"two inputs give the output name {duplicate!r}; pass their common folder instead")
+    return found
 
 
 def check_inputs_fit(images: Sequence[tuple[str, str]], scales: Sequence[float],
@@ -105,6 +132,6 @@ def check_out_dir(out_dir: str, inputs: Sequence[str], option: str = "--out") ->
                                   f"an output folder outside the inputs")
 
 
-__all__ = ["InferenceError", "MAX_PICTURE_ASPECT", "MAX_SCALED_PIXELS", "check_inputs_fit",
-           "check_out_dir", "check_output_file", "check_output_folder", "check_picture_shape",
-           "check_scaled_size"]
+__all__ = ["IMAGE_EXTENSIONS", "InferenceError", "MAX_PICTURE_ASPECT", "MAX_SCALED_PIXELS",
+           "check_inputs_fit", "check_out_dir", "check_output_file", "check_output_folder",
+           "check_picture_shape", "check_scaled_size", "find_images"]

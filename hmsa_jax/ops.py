@@ -197,3 +197,11 @@ def normalize_images(images):
     mean = np.asarray(IMAGENET_MEAN, np.float32)
     std = np.asarray(IMAGENET_STD, np.float32)
     return (images.astype(np.float32) - mean) / std
+
+
+def prepare_images(images: jax.Array) -> jax.Array:
+    """A batch as the model takes it: uint8 RGB (data.augment.normalize=False) normalised here,
+    on the device; float batches (normalised by the data pipeline) as float32."""
+    if images.dtype == jnp.uint8:
+        return normalize_images(images.astype(jnp.float32) / 255.0)
+    return images.astype(jnp.float32)

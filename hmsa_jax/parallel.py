@@ -8,11 +8,13 @@ or many hosts: each process feeds its own rows and `global_batch` assembles the 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hmsa_jax.configlib import ConfigError  # a ValueError: callers catching that still do
@@ -148,8 +150,6 @@ def initialize_distributed(settings=None, environ: Mapping[str, str] | None = No
     raises DistributedError; once running, a process missing heartbeats for
     distributed.heartbeat_timeout_s makes the coordination service stop the others.
     """
-    import inspect
-
     plan = distributed_plan(settings, environ)
     if plan is None:
         return None
@@ -185,8 +185,6 @@ def process_any(flag: bool) -> bool:
     same point). Single process: the flag itself, no communication."""
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     flags = multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))
     return bool(np.any(flags))
 

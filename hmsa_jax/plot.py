@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Sequence
 
+from matplotlib.figure import Figure
+
 METRICS_FILE = "metrics.jsonl"
 # (metrics.jsonl key, panel title, factor applied to the values)
 PANELS = (("loss", "training loss", 1.0), ("learning_rate", "learning rate", 1.0),
@@ -68,8 +70,6 @@ def run_labels(runs: Sequence[str]) -> list[str]:
 
 def draw(run_curves: dict[str, dict], out: str) -> None:
     """One PNG, 2 x 2 panels, a line per run per panel."""
-    from matplotlib.figure import Figure
-
     figure = Figure(figsize=(11, 7.5), layout="constrained")
     axes = figure.subplots(2, 2, sharex=True).ravel()  # one step axis: validation points line up
     colours = [f"C{k % 10}" for k in range(len(run_curves))]

@@ -8,43 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
 
 from hmsa_jax import inference_cli as cli
 from hmsa_jax import input_checks, visualize
 from hmsa_jax.batching import same_size_batches, stack
 from hmsa_jax.console import plural, progress_bar
-from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.imageio import read_rgb
 from hmsa_jax.inference import Predictor, inference_options
 from hmsa_jax.loading import load_model
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def find_images(inputs: Sequence[str]) -> list[tuple[str, str]]:
-    """(path, name) of every image in `inputs` (files, or folders searched recursively); name is
-    the path relative to its folder without extension (the file stem for files)."""
-    found = []
-    for item in inputs:
-        if os.path.isdir(item):
-            for root, _, files in sorted(os.walk(item)):
-                for f in sorted(files):
-                    if f.lower().endswith(IMAGE_EXTENSIONS):
-                        path = os.path.join(root, f)
-                        found.append((path, os.path.splitext(os.path.relpath(path, item))[0]))
-        elif os.path.isfile(item):
-            found.append((item, os.path.splitext(os.path.basename(item))[0]))
-        else:
-            raise DataError(f"{item}: no such image file or folder")
-    if not found:
-        raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) found in {', '.join(inputs)}")
-    names = [n for _, n in found]
-    if len(set(names)) != len(names):
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise DataError(f"two inputs give the output name {duplicate!r}; pass their common folder instead")
-    return found
-
 
 def main(argv: list[str]) -> int:
     parser = cli.argument_parser("hmsa predict", "colour-coded predictions, overlays and per-scale "
@@ -60,7 +31,7 @@ def main(argv: list[str]) -> int:
 
 def _predict_command(args) -> int:
     cli.check_batch_size(args.batch_size)
-    images = find_images(args.inputs)  # before any compilation: bad paths fail fast
+    images = input_checks.find_images(args.inputs)  # before any compilation: bad paths fail fast
     options = inference_options(args)
     input_checks.check_out_dir(args.out, args.inputs)  # else the next run predicts its pictures
     input_checks.check_inputs_fit(images, options.scales, pictures=True)
@@ -89,4 +60,4 @@ def _predict_command(args) -> int:
     return 0
 
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "main"]
+__all__ = ["main"]

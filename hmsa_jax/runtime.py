@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import jax
+
 CPU_FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                         "jax_rocm7_plugin", "libtpu")
@@ -23,8 +25,6 @@ def _backend_started() -> bool:
     """Whether a JAX backend already exists (it read XLA_FLAGS when it started). JAX has no
     public query for this, but refuses to change jax_num_cpu_devices once a backend exists: try
     another value and put the old one back."""
-    import jax
-
     current = jax.config.jax_num_cpu_devices
     try:
         jax.config.update("jax_num_cpu_devices", 2 if current == 1 else 1)
@@ -36,8 +36,6 @@ def _backend_started() -> bool:
 
 def configure_runtime(runtime) -> list[str]:
     """Persistent compilation cache and, on CPU, fast compilation. Returns what it did."""
-    import jax
-
     notes = []
     if runtime.compile_cache and not jax.config.jax_compilation_cache_dir:
         cache = os.path.expanduser(runtime.compile_cache)

@@ -9,7 +9,10 @@ import pathlib
 import sys
 
 from hmsa_jax.console import progress_bar
-from hmsa_jax.convert.torch_reader import CheckpointReadError, TorchNotInstalledError
+from hmsa_jax.convert.checkpoint_io import REPORT_NAME, file_sha256, save_converted
+from hmsa_jax.convert.mapping import ConversionError, convert_state_dict, infer_num_classes
+from hmsa_jax.convert.torch_reader import CheckpointReadError, TorchNotInstalledError, read_state_dict
+from hmsa_jax.models import create_model, list_models
 
 DEFAULT_NUM_CLASSES = 19
 
@@ -51,8 +54,6 @@ def _write_report(path: pathlib.Path, report) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hmsa_jax.models.registry import list_models
-
     if args.arch not in list_models():
         print(f"hmsa convert: --arch: unknown model {args.arch!r}; expected one of "
               f"{', '.join(list_models())} (checked before reading the file)", file=sys.stderr)
@@ -73,7 +74,6 @@ def _next_stage(stages, done: int) -> None:
 def _convert(args, stages) -> int:
     """The conversion, its errors written above the bar (stages.write) rather than through it."""
     try:
-        from hmsa_jax.convert.torch_reader import read_state_dict
         state = read_state_dict(args.input)
     except TorchNotInstalledError as e:
         stages.write(f"hmsa convert: {e}", file=sys.stderr)
@@ -81,11 +81,6 @@ def _convert(args, stages) -> int:
     except CheckpointReadError as e:
         stages.write(f"hmsa convert: {e}", file=sys.stderr)
         return 2
-
-    # Heavy imports only once the input is known to be readable.
-    from hmsa_jax.convert.checkpoint_io import REPORT_NAME, file_sha256, save_converted
-    from hmsa_jax.convert.mapping import ConversionError, convert_state_dict, infer_num_classes
-    from hmsa_jax.models import create_model
 
     _next_stage(stages, 1)
     num_classes = args.num_classes or infer_num_classes(state.arrays) or DEFAULT_NUM_CLASSES

@@ -14,6 +14,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+try:
+    from numpy._core import multiarray  # numpy >= 2
+except ImportError:
+    from numpy.core import multiarray  # numpy 1.26
+
 INSTALL_HINT = ("reading PyTorch checkpoints needs PyTorch: pip install 'hmsa_jax[convert]' "
                 "(the CPU build is enough: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 DDP_PREFIX = "module."
@@ -37,7 +42,7 @@ class TorchStateDict:
 
 def import_torch():
     try:
-        import torch
+        import torch  # the optional `convert` extra, needed by this command only
     except ImportError as e:
         raise TorchNotInstalledError(INSTALL_HINT) from e
     return torch
@@ -45,10 +50,6 @@ def import_torch():
 
 def _numpy_data_globals() -> list:
     """numpy reconstructors that build plain data, under both their numpy 1.x and 2.x names."""
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:
-        from numpy.core import multiarray   # numpy 1.26
     allowed = [np.ndarray, np.dtype]
     allowed += [(multiarray.scalar, f"{mod}.multiarray.scalar") for mod in ("numpy.core", "numpy._core")]
     allowed += [(multiarray._reconstruct, f"{mod}.multiarray._reconstruct") for mod in ("numpy.core", "numpy._core")]

@@ -14,13 +14,12 @@ import grain
 from hmsa_jax.data import labels as label_tables
 from hmsa_jax.data import pipeline, transforms
 from hmsa_jax.data.class_uniform import load_or_compute_centroids
+from hmsa_jax.data.config import DATASETS
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import ClassTable
 from hmsa_jax.data.sources import (ConcatSource, ScaleBenchScenes, Source, SyntheticScenes,
                                    TfdsSource, autolabel_source, cityscapes_source, folder_source,
-                                   mapillary_source)
-
-DATASETS = ("synthetic", "scale_bench", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
+                                   mapillary_source, synthetic_classes)
 
 
 def _root(data) -> str:
@@ -127,8 +126,6 @@ def make_eval_dataset(data, *, split: str | None = None, process_index: int | No
 
 def class_table(data) -> ClassTable:
     if data.dataset == "synthetic":
-        from hmsa_jax.data.sources.synthetic import synthetic_classes
-
         return synthetic_classes(data.synthetic.num_classes)
     if data.dataset == "scale_bench":
         return ScaleBenchScenes.classes

@@ -16,9 +16,12 @@ import sys
 import numpy as np
 
 from hmsa_jax import flags
+from hmsa_jax.configlib import ConfigError, load_config
 from hmsa_jax.console import plural, progress_bar
+from hmsa_jax.data import build
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.data.labels import IGNORE_LABEL, ClassTable, trainids_read_as_labelids
+from hmsa_jax.train.config import validate_data_config
 
 
 SPLIT_ROLES = ("train", "eval", "autolabel")
@@ -94,8 +97,6 @@ def argument_parser():
 
 def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_threads: int = 4,
                quiet: bool = True):
-    from hmsa_jax.data import build
-
     reports = []
     for role in splits:
         if role == "autolabel" and not data.autolabel.labels_dir:
@@ -118,8 +119,6 @@ def run_checks(data, splits=("train", "eval"), *, max_records: int = 0, num_thre
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.configlib import ConfigError, load_config
-
     parser = argument_parser()
     if flags.wants_help(argv):
         print(parser.format_help())
@@ -134,8 +133,6 @@ def main(argv: list[str]) -> int:
         print("hmsa data-check: the config has no 'data' section", file=sys.stderr)
         return 2
     try:
-        from hmsa_jax.train.config import validate_data_config
-
         validate_data_config(config.data)
         unknown = [s for s in values.splits if s not in SPLIT_ROLES]
         if unknown:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+# The values of data.dataset (hmsa_jax.data.build makes each one's sources).
+DATASETS = ("synthetic", "scale_bench", "cityscapes", "cityscapes_tfds", "mapillary", "folder")
+
 
 def default_data_config() -> ConfigDict:
     c = ConfigDict()
-    # synthetic | scale_bench | cityscapes | cityscapes_tfds | mapillary | folder
-    c.dataset = "synthetic"
+    c.dataset = "synthetic"  # one of DATASETS
     c.root = ""  # dataset root folder (cityscapes, mapillary, folder)
     c.train_split = "train"  # cityscapes: train, val, test, train_extra, or joined with '+'
     c.eval_split = "val"

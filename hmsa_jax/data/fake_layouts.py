@@ -11,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from hmsa_jax.data.labels import MAPILLARY_V12_NAMES
+from hmsa_jax.data.labels import MAPILLARY_V12_NAMES, cityscapes_label_id_lut
 from hmsa_jax.data.sources import synthetic as syn
 
 # Synthetic class -> Cityscapes labelId (lane markings are 'road' in Cityscapes).
@@ -45,8 +45,6 @@ def write_fake_cityscapes(root: str, splits: dict[str, int], *, height: int = 64
                           write_train_ids: bool = False) -> None:
     """leftImg8bit/<split>/<city>/..., gtFine (or gtCoarse for train_extra) labelIds PNGs."""
     to_label_id = _lut(SYNTHETIC_TO_CITYSCAPES_ID)
-    from hmsa_jax.data.labels import cityscapes_label_id_lut
-
     to_train_id = cityscapes_label_id_lut().astype(np.uint8)
     for split, count in splits.items():
         kind = "gtCoarse" if split == "train_extra" else "gtFine"

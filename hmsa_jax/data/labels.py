@@ -85,7 +85,9 @@ def describe_valid_raw_values(lut: np.ndarray) -> str:
 
 # ---------------------------------------------------------------------------------- Cityscapes
 def _cityscapes_labels():
-    from cityscapesscripts.helpers import labels as cs_labels  # the official tables
+    # The official tables. Imported here: this module loads with every `import hmsa_jax` (ops,
+    # models), which needs only jax and flax; Cityscapes paths alone need cityscapesscripts.
+    from cityscapesscripts.helpers import labels as cs_labels
 
     return cs_labels.labels
 

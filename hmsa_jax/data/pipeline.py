@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
 from hmsa_jax.data import transforms
 from hmsa_jax.data.class_uniform import Centroids, EpochPlan, build_epoch_plan
@@ -30,8 +32,7 @@ ENDLESS = 1 << 40  # samples in an "endless" training stream (about 10^12)
 
 def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
-        import jax  # only the main process asks JAX; workers get explicit numbers
-
+        # Only the main process asks JAX; workers get explicit numbers.
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -111,9 +112,7 @@ def _finish(dataset: grain.MapDataset, *, num_workers: int, read_threads: int,
             prefetch: int) -> grain.IterDataset:
     iter_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, read_threads),
                                                         prefetch_buffer_size=max(1, prefetch)))
-    if num_workers > 0:
-        from absl import flags  # Grain's worker processes read an absl flag
-
+    if num_workers > 0:  # Grain's worker processes read an absl flag
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
@@ -198,3 +197,12 @@ def eval_dataset(source: Source, *, global_batch_size: int, process_index: int |
                .map(EvalSample(source, tuple(pad_to) if pad_to else None, normalize))
                .batch(local_batch, drop_remainder=True, batch_fn=_stack))
     return _finish(dataset, num_workers=num_workers, read_threads=read_threads, prefetch=prefetch), batches
+
+
+def close_iterator(iterator) -> None:
+    """Stop a Grain iterator's prefetch threads now. Left to the garbage collector, an iterator
+    of a pipeline with worker processes can be collected on its own prefetch thread, whose
+    __del__ then tries to join that thread ("RuntimeError: cannot join current thread")."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()

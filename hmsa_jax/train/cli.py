@@ -28,8 +28,18 @@ import os
 import shlex
 import sys
 
-from hmsa_jax import flags
+import jax
+
+from hmsa_jax import flags, parallel
+from hmsa_jax.checkpoint import CHECKPOINTS_SUBDIR, CheckpointError, CheckpointWriteError
+from hmsa_jax.configlib import ConfigError, format_config_fields, load_config
+from hmsa_jax.console import plural
+from hmsa_jax.data.errors import DataError
 from hmsa_jax.runtime import configure_runtime
+from hmsa_jax.train.config import default_config, validate_config
+from hmsa_jax.train.loop import train
+from hmsa_jax.train.run_log import RunLog, log_file_name
+from hmsa_jax.train.stopping import NonFiniteError, Preempted
 
 
 def argument_parser():
@@ -48,9 +58,6 @@ WRITE_FAILED_EXIT_CODE = 74  # EX_IOERR: a checkpoint could not be written
 def help_text(argv: list[str]) -> str:
     """The module docstring, this command's options and every config field with its value: the
     defaults, or those of the --config file (and overrides) when one is given."""
-    from hmsa_jax.configlib import format_config_fields, load_config
-    from hmsa_jax.train.config import default_config
-
     config_args = flags.config_arguments(argv)
     if any(a.startswith("--config=") for a in config_args):
         config, _ = load_config(config_args)
@@ -63,8 +70,6 @@ def help_text(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from hmsa_jax.configlib import ConfigError, load_config
-
     if flags.wants_help(argv):
         try:
             print(help_text(argv))
@@ -79,8 +84,6 @@ def main(argv: list[str]) -> int:
         if not values.workdir:
             raise ConfigError("missing --workdir=DIR (where checkpoints and logs go)")
         _check_workdir(values.workdir)
-        from hmsa_jax.train.config import validate_config
-
         validate_config(config)
         _check_init_from(config.checkpoint.init_from, values.workdir)
         if values.stop_after is not None and values.stop_after < 1:
@@ -88,8 +91,6 @@ def main(argv: list[str]) -> int:
     except ConfigError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 2
-    from hmsa_jax.train.run_log import RunLog
-
     with RunLog("hmsa train " + " ".join(argv)) as run_log:
         return _train_command(config, values, argv, run_log)
 
@@ -98,10 +99,6 @@ def _train_command(config, values, argv: list[str], run_log) -> int:
     """Everything after the config is known; what it prints also goes to the workdir's log."""
     for note in configure_runtime(config.runtime):
         print(note)
-    from hmsa_jax import parallel
-    from hmsa_jax.train.loop import train
-    from hmsa_jax.train.stopping import NonFiniteError, Preempted
-
     plan = parallel.distributed_plan(config.distributed)
     if plan is not None:
         # The runtime aborts the process (a fatal log line, not a Python error) when a peer
@@ -115,19 +112,10 @@ def _train_command(config, values, argv: list[str], run_log) -> int:
     except parallel.DistributedError as error:
         print(f"hmsa train: {error}", file=sys.stderr)
         return 1
-    import jax
-
-    from hmsa_jax.console import plural
-    from hmsa_jax.train.run_log import log_file_name
-
     run_log.attach(os.path.join(values.workdir, log_file_name(jax.process_index())))
     if plan is not None:
         print(f"hmsa train: process {jax.process_index()} of {jax.process_count()}, "
               f"{jax.local_device_count()} local / {plural(jax.device_count(), 'device')}", flush=True)
-    from hmsa_jax.checkpoint import CheckpointError, CheckpointWriteError
-    from hmsa_jax.configlib import ConfigError
-    from hmsa_jax.data.errors import DataError
-
     try:
         summary = train(config, values.workdir, stop_after=values.stop_after, record=run_log.record)
     except (CheckpointError, ConfigError, DataError) as error:  # data errors name the file or value; the last
@@ -151,10 +139,6 @@ def _train_command(config, values, argv: list[str], run_log) -> int:
 
 def _check_workdir(workdir: str) -> None:
     """Fail before any compute if the workdir cannot hold checkpoints."""
-    import os
-
-    from hmsa_jax.configlib import ConfigError
-
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir}: exists and is not a folder")
     try:
@@ -168,9 +152,6 @@ def _check_workdir(workdir: str) -> None:
 def _check_init_from(init_from: str, workdir: str) -> None:
     """A missing checkpoint.init_from fails before any data or compile, unless the workdir
     already has checkpoints (a resume never reads init_from)."""
-    from hmsa_jax.checkpoint import CHECKPOINTS_SUBDIR
-    from hmsa_jax.configlib import ConfigError
-
     if not init_from or os.path.exists(os.path.expanduser(init_from)):
         return
     checkpoints = os.path.join(workdir, CHECKPOINTS_SUBDIR)

@@ -11,8 +11,13 @@ import math
 from ml_collections import ConfigDict
 
 from hmsa_jax.configlib import ConfigError
-from hmsa_jax.data.config import default_data_config
+from hmsa_jax.data.config import DATASETS, default_data_config
 from hmsa_jax.data.sources.synthetic import ALL_CLASSES, MIN_CLASSES
+from hmsa_jax.losses import CRITERIA
+from hmsa_jax.models import create_model, list_models
+from hmsa_jax.multiscale import FUSIONS, check_fusion, validate_scales
+from hmsa_jax.ops import scaled_size
+from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES, TRANSFER_GUARD_MODES
 
 LABEL_FORMATS = ("labelIds", "trainIds")
 
@@ -128,8 +133,6 @@ def _pair(key: str, value, allow_zero: bool = False) -> None:
 def validate_data_config(data: ConfigDict) -> None:
     """The `data` section's names, shapes and ranges, before any file is read (folders are the
     data sources' to check). Raises ConfigError naming the key."""
-    from hmsa_jax.data.build import DATASETS
-
     _choice("data.dataset", data.dataset, DATASETS)
     for key in ("train_split", "eval_split"):
         if not data[key]:
@@ -172,11 +175,6 @@ def validate_data_config(data: ConfigDict) -> None:
 def validate_config(config: ConfigDict) -> None:
     """Check values ml_collections' typing cannot: names, choices, shapes and ranges. Raises
     ConfigError naming the key; called before any data is read or anything is compiled."""
-    from hmsa_jax import list_models
-    from hmsa_jax.losses import CRITERIA
-    from hmsa_jax.multiscale import FUSIONS, check_fusion
-    from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES, TRANSFER_GUARD_MODES
-
     choice, positive = _choice, _positive
     for section in ("data", "model", "train", "optim", "checkpoint", "validation", "distributed",
                     "faults", "runtime"):
@@ -227,8 +225,6 @@ def validate_config(config: ConfigDict) -> None:
     positive("faults.max_nonfinite_steps", config.faults.max_nonfinite_steps)
     positive("faults.stop_check_every", config.faults.stop_check_every)
     try:
-        from hmsa_jax.multiscale import validate_scales
-
         for field in ("scales", "picture_scales"):
             validate_scales(config.validation[field])
     except ValueError as error:
@@ -264,8 +260,6 @@ def _check_scaled_sizes(config: ConfigDict) -> None:
 
 def _empty_at(height: int, width: int, scale: float) -> bool:
     """Whether the model's rescaling rule (ops.scaled_size) leaves no pixel."""
-    from hmsa_jax.ops import scaled_size
-
     try:
         scaled_size(height, width, scale)
     except ValueError:
@@ -274,8 +268,6 @@ def _empty_at(height: int, width: int, scale: float) -> bool:
 
 
 def _model_attention(name: str) -> str:
-    from hmsa_jax import create_model
-
     return create_model(name, num_classes=2).attention
 
 

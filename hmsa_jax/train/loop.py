@@ -23,7 +23,7 @@ from hmsa_jax import checkpoint, parallel
 from hmsa_jax.configlib import ConfigError, config_to_dict
 from hmsa_jax.console import is_terminal
 from hmsa_jax.data.build import class_table, make_eval_dataset, make_train_dataset
-from hmsa_jax.evaluate import close_iterator
+from hmsa_jax.data.pipeline import close_iterator
 from hmsa_jax.metrics import format_scores, segmentation_scores
 from hmsa_jax.models import create_model
 from hmsa_jax.train import run_files

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from hmsa_jax.checkpoint import CheckpointError, load_usable, read_variables
+
 COLLECTIONS = ("params", "batch_stats")
 # init_from must fill at least this share of the model's parameters (an ImageNet trunk fills
 # 56-90% of the segmentation models here): less means a checkpoint of another architecture.
@@ -72,8 +74,6 @@ def merge_variables(fresh: dict, pretrained: dict, source: str = "checkpoint") -
 def load_pretrained(fresh: dict, path: str, which: str = "latest") -> tuple[dict, InitReport]:
     """Merge the variables of the checkpoint at `path` (workdir, checkpoints/ or a step
     folder) into `fresh`; see `merge_variables`."""
-    from hmsa_jax.checkpoint import CheckpointError, load_usable, read_variables
-
     # The newest (or best) sound step: damaged ones are set aside as for a resume.
     step_dir, (pretrained, _) = load_usable(path, read_variables, which=which)
     merged, report = merge_variables(fresh, pretrained, source=step_dir)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 COMPILING = "compiling the first step (minutes on a CPU)"
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
@@ -50,8 +52,6 @@ class Progress:
         self.log, self.record, self.bar, self.total = log, record, None, total
         self.timer = StepTimer()
         if enabled:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                             bar_format=BAR_FORMAT)
 

@@ -35,7 +35,7 @@ TRANSFER_GUARD_MODES = ("", "log", "disallow")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    criterion: str = "rmi"  # rmi | ce
+    criterion: str = "rmi"  # one of losses.CRITERIA (losses.hmsa_training_loss refuses others)
     aux_weight: float = 0.4
     scale_supervision_weight: float = 0.05
     ignore_label: int = losses.DEFAULT_IGNORE_LABEL
@@ -56,15 +56,6 @@ class StepConfig:
     def __post_init__(self):
         if self.scale_mode not in SCALE_MODES:
             raise ValueError(f"train.scale_mode={self.scale_mode!r}; expected one of {SCALE_MODES}")
-        if self.loss.criterion not in losses.CRITERIA:
-            raise ValueError(f"train.criterion={self.loss.criterion!r}; expected one of {losses.CRITERIA}")
-
-
-def prepare_images(images: jax.Array) -> jax.Array:
-    """uint8 batches (data.augment.normalize=False) are normalised here, on the device."""
-    if images.dtype == jnp.uint8:
-        return ops.normalize_images(images.astype(jnp.float32) / 255.0)
-    return images.astype(jnp.float32)
 
 
 def training_forward(model, variables: dict, images: jax.Array, dropout_key: jax.Array,
@@ -95,7 +86,7 @@ def training_loss(outputs: dict, labels: jax.Array, config: LossConfig) -> tuple
 def train_step(state: TrainState, batch: dict, dropout_key: jax.Array, *, model,
                tx: optax.GradientTransformation, config: StepConfig,
                learning_rate_fn: Callable | None = None) -> tuple[TrainState, dict]:
-    images, labels = prepare_images(batch["image"]), batch["label"]
+    images, labels = ops.prepare_images(batch["image"]), batch["label"]
     key = jax.random.fold_in(dropout_key, state.step)
 
     def forward(params, batch_stats):
@@ -163,5 +154,5 @@ def transfer_guard(mode: str):
 
 
 __all__ = ["LossConfig", "REMAT_MODES", "SCALE_MODES", "StepConfig", "TRANSFER_GUARD_MODES",
-           "jit_train_step", "prepare_images", "train_step", "training_forward", "training_loss",
+           "jit_train_step", "train_step", "training_forward", "training_loss",
            "transfer_guard"]

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from hmsa_jax import evaluate
+from hmsa_jax.data.pipeline import close_iterator
 from hmsa_jax.inference import InferenceOptions
 from hmsa_jax.metrics import segmentation_scores
 from hmsa_jax.multiscale import fusion_fits
@@ -92,7 +93,7 @@ def write_validation_pictures(config, model, state, eval_ds, classes, workdir: s
     """Predictions and per-scale attention of the first validation images; the index page path."""
     iterator = iter(eval_ds)
     batch = next(iterator)
-    evaluate.close_iterator(iterator)
+    close_iterator(iterator)
     count = min(config.validation.pictures, int(np.sum(batch["valid"])))
     options = InferenceOptions(tuple(config.validation.picture_scales),
                                "hierarchical" if getattr(model, "attention", "none") == "hierarchical"

@@ -12,7 +12,9 @@ The stock builder stores raw labelIds under 'segmentation_label' and the image u
 """
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
 
 import numpy as np
 
@@ -39,7 +41,7 @@ class TfdsSource(Source):
 
     def _open(self):
         if self._data is None:
-            import tensorflow_datasets as tfds
+            import tensorflow_datasets as tfds  # only the cityscapes_tfds dataset needs it (0.26 s)
 
             try:
                 self._data = tfds.data_source(self.dataset_name, split=self.split,
@@ -97,10 +99,7 @@ class TfdsSource(Source):
         return f"{self.dataset_name}/{self.split}/{index:06d}"
 
     def fingerprint(self) -> str:
-        import glob
-        import os
-
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # only the cityscapes_tfds dataset needs it (0.26 s)
 
         builder = tfds.builder(self.dataset_name, data_dir=self.data_dir)
         files = sorted(glob.glob(os.path.join(str(builder.data_dir), f"*{self.split.split('[')[0]}*")))
