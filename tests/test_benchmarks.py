@@ -111,3 +111,53 @@ def test_scale_study_aggregates_mean_and_sample_spread():
     cell = scale_study.aggregate(runs)["resnet"]["single"]
     assert cell["miou"]["1x"] == pytest.approx([60.0, 14.1421356, 2])
     assert cell["seeds"] == [0, 1]
+
+
+@pytest.mark.slow
+def test_vs_reference_smallest(tmp_path):
+    pytest.importorskip("torch", reason="compares against the PyTorch reference")
+    import vs_reference
+
+    report = vs_reference.main(["--model", "hrnet_tiny", "--size", "64x128", "--batch", "1", "--reps", "1",
+                                "--warmup", "0", "--opt0", "on", "--out-dir", str(tmp_path)])
+    with open(tmp_path / "vs_reference.json") as f:
+        rows = json.load(f)["rows"]
+    assert [r["task"].split()[0] for r in rows] == ["train", "inference"]
+    assert all(r["jax_s"] > 0 and r["torch_s"] > 0 and r["ratio"] == pytest.approx(r["jax_s"] / r["torch_s"])
+               for r in rows)
+    assert rows[0]["loss_jax"] == pytest.approx(rows[0]["loss_torch"], rel=1e-4)  # same weights, same batch
+    assert "| jax / torch |" in (tmp_path / "vs_reference.md").read_text()
+    assert report["load_before"] and report["load_after"]
+
+
+def test_profile_groups_a_labelled_resize():
+    import jax
+    import jax.numpy as jnp
+
+    import profile_train_step as P
+    from hmsa_jax import ops
+
+    original = ops.resize_bilinear
+    with P.labelled_model_code():
+        compiled = jax.jit(jax.grad(lambda x: jnp.sum(ops.resize_bilinear(x, (12, 16)) ** 2))).lower(
+            jnp.ones((1, 6, 8, 3))).compile()
+    instructions = P.parse_hlo(compiled.as_text())
+    groups = {P.classify(*instruction, largest_scale="in6x8") for instruction in instructions.values()}
+    assert {"resize fwd (gather)", "resize bwd (scatter)"} <= groups
+    assert ops.resize_bilinear is original  # restored
+
+
+def test_resize_matmul_prototype_matches_ops_resize():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import profile_train_step as P
+    from hmsa_jax import ops
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 10, 3)), jnp.float32)
+    for size in ((14, 20), (3, 5), (13, 4)):
+        np.testing.assert_allclose(P.resize_bilinear_matmul(x, size), ops.resize_bilinear(x, size), atol=2e-6)
+        grads = [jax.grad(lambda v, f=f: jnp.sum(jnp.sin(f(v, size))))(x)
+                 for f in (P.resize_bilinear_matmul, ops.resize_bilinear)]
+        np.testing.assert_allclose(grads[0], grads[1], atol=2e-6)
