@@ -38,9 +38,10 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp_v1
 from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from hmsa_jax import parallel
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 BEST_METRIC = "val/miou"
@@ -403,7 +404,7 @@ def restore_usable(manager: ocp.CheckpointManager, abstract_state, data_iterator
         step_dir = os.path.join(directory, str(step))
         ok, restored = attempt(step_dir, lambda d: _restore_checked(manager, abstract_state,
                                                                     data_iterator, step, d), log=log)
-        failed_somewhere = _any_process(not ok)  # after the set-aside: also a barrier
+        failed_somewhere = parallel.process_any(not ok)  # after the set-aside: also a barrier
         manager.reload()
         if not failed_somewhere:
             return restored
@@ -415,12 +416,6 @@ def _restore_checked(manager, abstract_state, data_iterator, step: int, step_dir
     if not os.path.exists(os.path.join(step_dir, MANIFEST)):
         check_finite({"params": state.params, "batch_stats": state.batch_stats}, step_dir)
     return state, iterator, meta
-
-
-def _any_process(flag: bool) -> bool:
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
 
 
 def set_aside_steps(directory: str) -> list[str]:

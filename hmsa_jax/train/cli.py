@@ -36,8 +36,8 @@ from hmsa_jax.configlib import ConfigError, format_config_fields, load_config
 from hmsa_jax.console import plural
 from hmsa_jax.data.errors import DataError
 from hmsa_jax.runtime import configure_runtime
+from hmsa_jax.train import loop
 from hmsa_jax.train.config import default_config, validate_config
-from hmsa_jax.train.loop import train
 from hmsa_jax.train.run_log import RunLog, log_file_name
 from hmsa_jax.train.stopping import NonFiniteError, Preempted
 
@@ -117,7 +117,7 @@ def _train_command(config, values, argv: list[str], run_log) -> int:
         print(f"hmsa train: process {jax.process_index()} of {jax.process_count()}, "
               f"{jax.local_device_count()} local / {plural(jax.device_count(), 'device')}", flush=True)
     try:
-        summary = train(config, values.workdir, stop_after=values.stop_after, record=run_log.record)
+        summary = loop.train(config, values.workdir, stop_after=values.stop_after, record=run_log.record)
     except (CheckpointError, ConfigError, DataError) as error:  # data errors name the file or value; the last
         print(f"hmsa train: {error}", file=sys.stderr)  # checkpoint, if any, is untouched
         return 2
