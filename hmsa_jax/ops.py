@@ -50,24 +50,83 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
     return lo, hi, hi_weight
 
 
+@functools.lru_cache(maxsize=None)
+def _periodic_taps(in_size: int, out_size: int) -> tuple[int, list] | None:
+    """`_linear_taps` as strided slices where one size is an integer multiple of the other.
+
+    Up by s (out = s * in): output s*j + p lerps padded[j + a] and padded[j + b] with weight w,
+    (a, b, w) fixed per phase p, `padded` being the input with its first and last entries
+    repeated (where the reference clamps: a lerp of a value with itself is that value exactly).
+    Down by s (in = s * out): output i lerps inputs s*i + a and s*i + b with one weight w.
+    Returns (s, [(a, b, w) per phase]) for up, (-s, [(a, b, w)]) for down, each checked
+    against the taps row by row, or None.
+    """
+    lo, hi, weight = _linear_taps(in_size, out_size)
+    if in_size % out_size == 0:
+        s = in_size // out_size
+        a, b = lo - s * np.arange(out_size), hi - s * np.arange(out_size)
+        if len(set(a)) == 1 and len(set(b)) == 1 and len(set(weight)) == 1:
+            return -s, [(int(a[0]), int(b[0]), weight[0])]
+        return None
+    if out_size % in_size:
+        return None
+    s, j = out_size // in_size, np.arange(in_size)
+    source = np.concatenate([[0], j, [in_size - 1]])  # padded position -> input index
+
+    def fits(rows, a, b, w) -> bool:
+        if not (0 <= a <= 2 and 0 <= b <= 2):
+            return False
+        k_lo, k_hi = source[j + a], source[j + b]
+        same = (k_lo == lo[rows]) & (k_hi == hi[rows]) & (weight[rows] == w)
+        border = (k_lo == k_hi) & (lo[rows] == k_lo) & ((hi[rows] == k_lo) | (weight[rows] == 0))
+        return bool(np.all(same | border))
+
+    phases = []
+    for p in range(s):
+        rows = s * j + p
+        # The phase's offsets and weight, read off one of its rows (interior ones first).
+        candidates = [(int(lo[r]) - r // s + 1, int(hi[r]) - r // s + 1, weight[r])
+                      for r in sorted(rows, key=lambda r: abs(r // s - in_size // 2))]
+        found = next((c for c in candidates if fits(rows, *c)), None)
+        if found is None:
+            return None
+        phases.append(found)
+    return s, phases
+
+
 def _resize_axis(x: jax.Array, out_size: int, axis: int) -> jax.Array:
     in_size = x.shape[axis]
     if in_size == out_size:
         return x
-    lo, hi, hi_weight = _linear_taps(in_size, out_size)
-    weight_shape = [1] * x.ndim
-    weight_shape[axis] = out_size
-    hi_weight = jnp.asarray(hi_weight, x.dtype).reshape(weight_shape)
-    x_lo = jnp.take(x, lo, axis=axis)
-    x_hi = jnp.take(x, hi, axis=axis)
-    return x_lo + hi_weight * (x_hi - x_lo)
+    periodic = _periodic_taps(in_size, out_size)
+    lerp = lambda x_lo, x_hi, w: x_lo + jnp.asarray(w, x.dtype) * (x_hi - x_lo)
+    if periodic is None:  # two gathers
+        lo, hi, hi_weight = _linear_taps(in_size, out_size)
+        weight_shape = [1] * x.ndim
+        weight_shape[axis] = out_size
+        return lerp(jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis), hi_weight.reshape(weight_shape))
+    s, taps = periodic
+    if s < 0:  # down by -s: two strided slices
+        (a, b, w), = taps
+        every = lambda start: jax.lax.slice_in_dim(x, start, start - s * (out_size - 1) + 1, -s, axis)
+        return lerp(every(a), every(b), w)
+    edge = lambda i: jax.lax.slice_in_dim(x, i, i + 1, axis=axis)
+    padded = jnp.concatenate([edge(0), x, edge(in_size - 1)], axis=axis)
+    window = lambda start: jax.lax.slice_in_dim(padded, start, start + in_size, axis=axis)
+    phases = jnp.stack([lerp(window(a), window(b), w) for a, b, w in taps], axis=axis + 1)
+    return phases.reshape(x.shape[:axis] + (out_size,) + x.shape[axis + 1:])
 
 
 def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of an NHWC array to `size` = (H, W), align_corners=False, no antialiasing.
+    """Bilinear resize of an NHWC array to `size` = (H, W), align_corners=False, no antialiasing:
+    PyTorch's taps and lerp, so the same values as `F.interpolate` in both directions.
 
-    Two gathers and a lerp per axis: exact PyTorch semantics in both directions, and far
-    cheaper than `jax.image.resize`, which builds a dense (out, in) weight matrix per axis.
+    Per axis: where one size is an integer multiple of the other (every resize of the models on
+    crops divisible by 32), strided slices and an interleave, whose backward is pads and adds;
+    elsewhere two gathers, whose backward is scatter-adds. Both read the same two values with the
+    same weight: the forward is bitwise the same. The slices made the HRNet-W48 training step
+    8% faster on a 2-core CPU (benchmarks/profile_train_step.py). A dense (out, in) weight
+    matrix per axis, as `jax.image.resize` builds, would cost O(out * in) FLOPs per row.
     """
     out_h, out_w = size
     return _resize_axis(_resize_axis(x, out_h, axis=1), out_w, axis=2)
