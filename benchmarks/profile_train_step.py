@@ -8,14 +8,17 @@ metadata: the computation is unchanged): `resize/` around `ops.resize_bilinear`,
 around `ops.BatchNorm`, `in{H}x{W}/` around each scale's forward. Groups, first match wins:
   attention head at the largest scale (its output is unused in two-scale training; the forward
   runs for the BN running statistics the reference also updates), convolutions forward /
-  backward, resize forward (gathers) / backward (scatters), BatchNorm forward / backward,
-  transposes and layout copies, dtype converts, loss, optimiser update, other.
+  backward, resize forward / backward, BatchNorm forward / backward,
+  transposes and layout copies (with the producers XLA fused into them), dtype converts, loss,
+  optimiser update, other.
 Events of thunks running at once on different threads overlap, so the sum of operation times
 can exceed the step's wall time: shares are of the sum.
 
-`--resize matmul` traces the step with the interpolation-matrix resize prototype
-(`resize_bilinear_matmul`) in place of ops.resize_bilinear; `--resize gather matmul` compiles
-both steps in one process and times them side by side, interleaved, before profiling each.
+Resizes to trace the step with: `ops` (hmsa_jax.ops.resize_bilinear: strided slices wherever
+the sizes are integer multiples), `gather` (its version before issue 15: gathers forward,
+scatter-adds backward), `matmul` (an [out, in] interpolation matrix per axis). `--resize gather
+ops` compiles each step in one process and times them side by side, interleaved, before
+profiling each.
 
     python benchmarks/profile_train_step.py                              # hrnet48, 128x256, batch 2
     python benchmarks/profile_train_step.py --model hrnet_tiny_ocr_mscale --size 64x128 --batch 1
@@ -27,6 +30,7 @@ import collections
 import contextlib
 import functools
 import glob
+import json
 import os
 import re
 import tempfile
@@ -35,7 +39,7 @@ import time
 import common
 
 GROUPS = ("attention head, largest scale (unused output)", "convolution fwd", "convolution bwd",
-          "resize fwd (gather)", "resize bwd (scatter)", "BatchNorm fwd", "BatchNorm bwd",
+          "resize fwd", "resize bwd", "BatchNorm fwd", "BatchNorm bwd",
           "transpose / layout copy", "dtype convert", "loss", "optimiser update", "other fwd",
           "other bwd")
 
@@ -78,10 +82,37 @@ def resize_bilinear_matmul(x, size):
     return _resize_axis_matmul(_resize_axis_matmul(x, out_h, axis=1), out_w, axis=2)
 
 
+def _resize_axis_gather(x, out_size: int, axis: int):
+    """ops._resize_axis before issue 15: two gathers and a lerp (backward: two scatter-adds)."""
+    import jax.numpy as jnp
+
+    from hmsa_jax import ops
+
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    lo, hi, hi_weight = ops._linear_taps(in_size, out_size)
+    weight_shape = [1] * x.ndim
+    weight_shape[axis] = out_size
+    hi_weight = jnp.asarray(hi_weight, x.dtype).reshape(weight_shape)
+    x_lo = jnp.take(x, lo, axis=axis)
+    x_hi = jnp.take(x, hi, axis=axis)
+    return x_lo + hi_weight * (x_hi - x_lo)
+
+
+def resize_bilinear_gather(x, size):
+    out_h, out_w = size
+    return _resize_axis_gather(_resize_axis_gather(x, out_h, axis=1), out_w, axis=2)
+
+
+# name -> the resize to trace the step with (None: hmsa_jax.ops.resize_bilinear as it is)
+RESIZES = {"ops": None, "gather": resize_bilinear_gather, "matmul": resize_bilinear_matmul}
+
+
 # ----------------------------------------------------------------------------- labels
 
 @contextlib.contextmanager
-def labelled_model_code(resize: str = "gather"):
+def labelled_model_code(resize: str = "ops"):
     """Named scopes around the resize, BatchNorm and each scale's forward (see the module
     docstring), and the chosen resize, while the step is traced; everything restored after."""
     import jax
@@ -90,7 +121,7 @@ def labelled_model_code(resize: str = "gather"):
     from hmsa_jax.models import segmenter
 
     saved = [(ops, "resize_bilinear", ops.resize_bilinear), (ops.BatchNorm, "__call__", ops.BatchNorm.__call__)]
-    resize_fn = ops.resize_bilinear if resize == "gather" else resize_bilinear_matmul
+    resize_fn = RESIZES[resize] or ops.resize_bilinear
     bn_call = ops.BatchNorm.__call__
 
     def resize_bilinear(x, size):
@@ -128,7 +159,8 @@ _CALLS = re.compile(r"calls=%([\w.\-]+)")
 
 
 def parse_hlo(text: str) -> dict:
-    """{instruction name: (opcode, op_name, [(opcode, op_name) of the computation it calls])}."""
+    """{instruction name: (opcode, op_name, [(opcode, op_name) of the computation it calls, its
+    ROOT first])}."""
     computations, current, instructions = collections.defaultdict(list), None, {}
     for line in text.splitlines():
         match = _COMPUTATION.match(line)
@@ -141,7 +173,10 @@ def parse_hlo(text: str) -> dict:
         name, opcode = match.groups()
         op_name = (_OP_NAME.search(line) or [None, ""])[1]
         calls = _CALLS.search(line)
-        computations[current].append((opcode, op_name))
+        if line.lstrip().startswith("ROOT "):
+            computations[current].insert(0, (opcode, op_name))
+        else:
+            computations[current].append((opcode, op_name))
         instructions[name] = (opcode, op_name, calls.group(1) if calls else None)
     return {name: (opcode, op_name, computations.get(called, []) if called else [])
             for name, (opcode, op_name, called) in instructions.items()}
@@ -149,6 +184,11 @@ def parse_hlo(text: str) -> dict:
 
 _LAYOUT_OPS = {"transpose", "copy", "bitcast", "reshape", "parameter", "tuple", "get-tuple-element",
                "copy-start", "copy-done"}
+# Data movement without arithmetic: with a transpose or copy in it, a fusion of these is a layout
+# change (e.g. activations to [C, H, W, N] for a kernel-gradient convolution, fused with the
+# slice or reverse that feeds it), whatever scope its producer came from.
+_MOVEMENT_OPS = _LAYOUT_OPS | {"reverse", "slice", "pad", "concatenate", "broadcast", "constant",
+                               "dynamic-slice", "dynamic-update-slice"}
 
 
 def in_scope(op_name: str, scope: str) -> bool:
@@ -166,12 +206,16 @@ def classify(opcode: str, op_name: str, inner: list, largest_scale: str) -> str:
         return GROUPS[0]
     if "convolution" in opcodes:
         return f"convolution {direction}"
+    if opcodes <= _MOVEMENT_OPS and opcodes & {"transpose", "copy"}:
+        return "transpose / layout copy"
+    if inner and inner[0][0] in ("copy", "transpose") and "transpose" in opcodes:
+        # A fusion whose result is a transposed copy: XLA:CPU fuses the producer of an activation
+        # (a resize's lerp, a BN + ReLU) into the transpose a kernel-gradient convolution needs.
+        return "transpose / layout copy"
     if any(in_scope(n, "resize") for n in names):
-        return "resize bwd (scatter)" if backward else "resize fwd (gather)"
+        return "resize bwd" if backward else "resize fwd"
     if any(in_scope(n, "batchnorm") for n in names):
         return f"BatchNorm {direction}"
-    if opcodes <= _LAYOUT_OPS and opcodes & {"transpose", "copy"}:
-        return "transpose / layout copy"
     if "convert" in opcodes and opcodes <= _LAYOUT_OPS | {"convert"}:
         return "dtype convert"
     if any("state.opt_state" in n or "/optax" in n or "apply_updates" in n for n in names) and not any(
@@ -282,12 +326,12 @@ def interleave(runs: list, reps: int) -> dict:
             run()
     out = {run.resize: {"median_s": statistics.median(run.times[1:]), "times": run.times,
                         "first_loss": run.first_loss} for run in runs}
-    if {"gather", "matmul"} <= set(out):
-        out["ratio_matmul_over_gather"] = out["matmul"]["median_s"] / out["gather"]["median_s"]
+    if "gather" in out:
+        out["ratio_over_gather"] = {r: out[r]["median_s"] / out["gather"]["median_s"] for r in list(out)}
     return out
 
 
-def profile(run: Step, spec, steps_traced: int) -> dict:
+def profile(run: Step, spec, steps_traced: int, raw_dir: str = "") -> dict:
     import jax
 
     run()  # at least one call before tracing
@@ -298,7 +342,14 @@ def profile(run: Step, spec, steps_traced: int) -> dict:
                 run()
         wall = (time.perf_counter() - started) / steps_traced
         times, _ = op_times(trace_dir)
-    rows = breakdown(run.compiled.as_text(), times, f"in{spec.height}x{spec.width}", steps_traced)
+    hlo = run.compiled.as_text()
+    if raw_dir:  # to regroup later without recompiling
+        os.makedirs(raw_dir, exist_ok=True)
+        with open(os.path.join(raw_dir, f"{run.resize}.hlo.txt"), "w") as f:
+            f.write(hlo)
+        with open(os.path.join(raw_dir, f"{run.resize}.times.json"), "w") as f:
+            json.dump({"steps": steps_traced, "seconds": times}, f)
+    rows = breakdown(hlo, times, f"in{spec.height}x{spec.width}", steps_traced)
     return {"resize": run.resize, "compile_s": run.compile_s, "step_wall_s": wall,
             "op_seconds_per_step": sum(r["seconds"] for r in rows), "first_loss": run.first_loss,
             "rows": rows}
@@ -320,11 +371,12 @@ def markdown(report: dict) -> str:
                   for r in prof["rows"]]
         lines.append("")
     cmp = report.get("compare") or {}
-    if "ratio_matmul_over_gather" in cmp:
+    if len(cmp.get("ratio_over_gather", {})) > 1:
         lines += ["## Side by side (interleaved, medians)", "",
-                  f"gather {cmp['gather']['median_s']:.3g} s, matmul {cmp['matmul']['median_s']:.3g} s: "
-                  f"matmul / gather = {cmp['ratio_matmul_over_gather']:.3f}; first losses "
-                  f"{cmp['gather']['first_loss']:.6g} / {cmp['matmul']['first_loss']:.6g}.", ""]
+                  "| resize | step s | / gather | first loss |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r} | {cmp[r]['median_s']:.3g} | {ratio:.3f} | {cmp[r]['first_loss']:.6g} |"
+                  for r, ratio in cmp["ratio_over_gather"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -334,9 +386,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", default="128x256")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="traced steps")
-    parser.add_argument("--resize", nargs="+", choices=("gather", "matmul"), default=["gather"],
+    parser.add_argument("--resize", nargs="+", choices=tuple(RESIZES), default=["ops"],
                         help="profile the step with each resize (two: also timed side by side)")
     parser.add_argument("--reps", type=int, default=3, help="interleaved timed steps of each")
+    parser.add_argument("--raw-dir", default="", help="also keep each step's HLO text and per-thunk times here")
     parser.add_argument("--name", default="profile_train_step")
     parser.add_argument("--opt0", choices=("on", "off"), default="off")
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
@@ -353,13 +406,13 @@ def main(argv=None) -> dict:
     compared = interleave(runs, args.reps)
     profiles = []
     for run in runs:
-        prof = profile(run, spec, args.steps)
+        prof = profile(run, spec, args.steps, args.raw_dir)
         print(f"resize={run.resize}: wall {prof['step_wall_s']:.3g}s/step, op time "
               f"{prof['op_seconds_per_step']:.3g}s, compile {prof['compile_s']:.0f}s")
         common.print_table(prof["rows"], ["group", "seconds", "share", "thunks"])
         profiles.append(prof)
-    if "ratio_matmul_over_gather" in compared:
-        print(f"matmul / gather step time: {compared['ratio_matmul_over_gather']:.3f}")
+    for resize, ratio in compared.get("ratio_over_gather", {}).items():
+        print(f"{resize} / gather step time: {ratio:.3f}")
     report = {"benchmark": "profile_train_step", "machine": common.machine_info(),
               "config": {"model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,
                          "reps": args.reps, "opt0": args.opt0},
