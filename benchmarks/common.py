@@ -181,13 +181,22 @@ class CompileCounter:
         self._active = False
 
 
-def write_json(report: dict, name: str, out_dir: str = RESULTS_DIR) -> str:
+def write_json(report: dict, name: str, out_dir: str = RESULTS_DIR, markdown: str | None = None) -> str:
+    """`name`.json under out_dir, and `name`.md beside it when a markdown table is given."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2, default=float)
     print(f"wrote {path}")
+    if markdown is not None:
+        with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+            f.write(markdown)
     return path
+
+
+def machine_line(machine: dict) -> str:
+    """'date, cpu (n cores), jax version' for a results table's header."""
+    return f"{machine['date']}, {machine['cpu']} ({machine['cpu_count']} cores), jax {machine['jax']}"
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

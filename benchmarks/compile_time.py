@@ -111,9 +111,9 @@ def run_phase(argv_base: list[str], cache_dir: str, phase: str) -> list[dict]:
 def markdown(report: dict) -> str:
     c = report["config"]
     lines = [f"# Compile times: {c['model']}, {c['size']} batch {c['batch']}, XLA opt0={c['opt0']}", "",
-             f"{report['machine']['date']}, {report['machine']['cpu']} ({report['machine']['cpu_count']} cores), "
-             f"jax {report['machine']['jax']}. Seconds; 'cold' = empty persistent cache, 'warm' = the same "
-             "cache in a new process. Load average per row.", "",
+             common.machine_line(report['machine']) + (
+             ". Seconds; 'cold' = empty persistent cache, 'warm' = the same "
+             "cache in a new process. Load average per row."), "",
              "| task | cache | trace+lower s | compile s | first run s | total s | load |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
@@ -149,9 +149,7 @@ def main(argv=None) -> dict:
     report = {"benchmark": "compile_time", "machine": common.machine_info(),
               "config": {"model": args.model, "size": args.size, "batch": args.batch, "opt0": args.opt0},
               "rows": rows}
-    common.write_json(report, args.name, args.out_dir)
-    with open(os.path.join(args.out_dir, f"{args.name}.md"), "w") as f:
-        f.write(markdown(report))
+    common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
 
 

@@ -282,19 +282,11 @@ def short_op_name(op_name: str) -> str:
 
 def build(spec, resize: str):
     """(compiled step, state, batch, key, compile seconds) with the labels (and resize) in place."""
-    import jax
-
     import steps
-    from hmsa_jax import parallel
 
     with labelled_model_code(resize):
-        step, model, tx, mesh = steps.build_step(spec)
-        state = steps.concrete_state(spec, model, tx, mesh)
-        batch = parallel.global_batch(steps.synthetic_batch(spec), mesh)
-        key = jax.random.key(0)
-        started = time.perf_counter()
-        compiled = step.lower(state, batch, key).compile()
-    return compiled, state, batch, key, time.perf_counter() - started
+        compiled, _, state, batch, key, compile_s = steps.compile_step(spec)
+    return compiled, state, batch, key, compile_s
 
 
 class Step:
@@ -358,11 +350,11 @@ def profile(run: Step, spec, steps_traced: int, raw_dir: str = "") -> dict:
 def markdown(report: dict) -> str:
     c = report["config"]
     lines = [f"# Training step CPU profile: {c['model']} {c['size']} batch {c['batch']} float32, CE", "",
-             f"{report['machine']['date']}, {report['machine']['cpu']} ({report['machine']['cpu_count']} cores), "
-             f"jax {report['machine']['jax']}, XLA_FLAGS={report['machine']['xla_flags'] or '(none)'}; "
+             common.machine_line(report['machine']) + (
+             f", XLA_FLAGS={report['machine']['xla_flags'] or '(none)'}; "
              f"load average {report['load_before']} before, {report['load_after']} after. Per-step seconds "
              "are XLA:CPU thunk times summed over threads (they overlap), averaged over "
-             f"{c['steps']} traced steps.", ""]
+             f"{c['steps']} traced steps."), ""]
     for prof in report["profiles"]:
         lines += [f"## resize = {prof['resize']}: step wall {prof['step_wall_s']:.3g} s, "
                   f"op time {prof['op_seconds_per_step']:.3g} s/step, compile {prof['compile_s']:.0f} s", "",
@@ -418,9 +410,7 @@ def main(argv=None) -> dict:
                          "reps": args.reps, "opt0": args.opt0},
               "load_before": load_before, "compare": compared, "profiles": profiles}
     report["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    common.write_json(report, args.name, args.out_dir)
-    with open(os.path.join(args.out_dir, f"{args.name}.md"), "w") as f:
-        f.write(markdown(report))
+    common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
 
 

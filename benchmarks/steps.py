@@ -77,6 +77,21 @@ def synthetic_batch(spec: StepSpec, seed: int = 0) -> dict:
     return {"image": image, "label": label}
 
 
+def compile_step(spec: StepSpec):
+    """(compiled step, model, state, batch, key, compile seconds) on concrete inputs."""
+    import time
+
+    from hmsa_jax import parallel
+
+    step, model, tx, mesh = build_step(spec)
+    state = concrete_state(spec, model, tx, mesh)
+    batch = parallel.global_batch(synthetic_batch(spec), mesh)
+    key = jax.random.key(0)
+    started = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    return compiled, model, state, batch, key, time.perf_counter() - started
+
+
 def concrete_state(spec: StepSpec, model, tx, mesh):
     from hmsa_jax import parallel
     from hmsa_jax.train.state import create_train_state

@@ -61,18 +61,9 @@ def _lowered_flops(plain) -> float:
 
 
 def measure_variant(spec, warmup: int, repeats: int) -> dict:
-    import jax
-
     import steps
-    from hmsa_jax import parallel
 
-    step, model, tx, mesh = steps.build_step(spec)
-    state = steps.concrete_state(spec, model, tx, mesh)
-    batch = parallel.global_batch(steps.synthetic_batch(spec), mesh)
-    key = jax.random.key(0)
-    started = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
-    compile_s = time.perf_counter() - started
+    compiled, model, state, batch, key, compile_s = steps.compile_step(spec)
     analysis = common.compiled_cost_and_memory(compiled)
     median_s, min_s, loss = time_steps(compiled, state, batch, key, warmup, repeats)
     flops = model_flops_per_step(spec)

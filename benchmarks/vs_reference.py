@@ -181,12 +181,12 @@ def row(task: str, timings: dict, **extra) -> dict:
 def markdown(report: dict) -> str:
     c = report["config"]
     lines = [f"# hmsa_jax vs the PyTorch reference ({c['model']}, {c['size']}, float32)", "",
-             f"{report['machine']['date']}, {report['machine']['cpu']} ({report['machine']['cpu_count']} cores), "
-             f"jax {report['machine']['jax']}, torch {report['torch']}, torch threads {c['threads']}, "
+             common.machine_line(report['machine']) + (
+             f", torch {report['torch']}, torch threads {c['threads']}, "
              f"{'process pinned to ' + str(c['pinned_cores']) + ' core(s), ' if c.get('pinned_cores') else ''}"
              f"XLA_FLAGS={report['machine']['xla_flags'] or '(none)'}; medians of {c['reps']} interleaved "
              f"repetitions after {c['warmup']} warm-up; load average {report['load_before']} before, "
-             f"{report['load_after']} after.", "",
+             f"{report['load_after']} after."), "",
              "| task | batch | jax s | torch s | jax / torch | jax first call s | check |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
@@ -254,10 +254,7 @@ def main(argv=None) -> dict:
                          "warmup": args.warmup, "threads": args.threads, "opt0": args.opt0,
                          "torch_device": args.device, "pinned_cores": args.threads if args.pin else None},
               "load_before": load_before, "load_after": load_average(), "rows": rows}
-    common.write_json(report, args.name, args.out_dir)
-    path = os.path.join(args.out_dir, f"{args.name}.md")
-    with open(path, "w") as f:
-        f.write(markdown(report))
+    common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
 
 
