@@ -93,11 +93,20 @@ def hierarchical_fuse(per_scale: Mapping[float, ScaleOutput]) -> dict:
     return fuse_largest(len(scales))
 
 
+def _has_all(per_scale: Mapping[float, ScaleOutput], key: str) -> bool:
+    return all(out.get(key) is not None for out in per_scale.values())
+
+
 def _pool(per_scale: Mapping[float, ScaleOutput], reduce: Callable, size: tuple[int, int] | None) -> dict:
+    """Pools the logits, and the aux logits as well when every scale has them: trained this way
+    the baselines keep OCR's auxiliary supervision, as hierarchical fusion does."""
     if size is None:
         size = per_scale[1.0]["logits"].shape[1:3]
-    stacked = jnp.stack([resize_bilinear(out["logits"], size) for out in per_scale.values()])
-    return {"logits": reduce(stacked, axis=0), "aux_logits": None}
+
+    def pool(key):
+        return reduce(jnp.stack([resize_bilinear(out[key], size) for out in per_scale.values()]), axis=0)
+
+    return {k: pool(k) if _has_all(per_scale, k) else None for k in FUSED_KEYS}
 
 
 def average_fuse(per_scale: Mapping[float, ScaleOutput], size: tuple[int, int] | None = None) -> dict:
@@ -116,9 +125,12 @@ def explicit_fuse(per_scale: Mapping[float, ScaleOutput], weights: jax.Array,
     """Explicit attention (Chen et al. 2016): sum_n w_n * U(P_n), weights [B, H, W, N] summing to 1."""
     target = per_scale[1.0]["logits"]
     weights = resize_like(weights, target)
-    logits = sum(weights[..., i:i + 1] * resize_like(per_scale[s]["logits"], target)
-                 for i, s in enumerate(scales))
-    return {"logits": logits, "aux_logits": None}
+
+    def weigh(key):
+        return sum(weights[..., i:i + 1] * resize_like(per_scale[s][key], target) for i, s in enumerate(scales))
+
+    # The aux logits are weighed as well when every scale has them, as in hierarchical fusion.
+    return {k: weigh(k) if _has_all(per_scale, k) else None for k in FUSED_KEYS}
 
 
 FUSIONS: dict[str, Callable] = {

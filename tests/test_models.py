@@ -80,6 +80,7 @@ def test_every_registered_model_builds():
     (dict(name="hrnet48_ocr_mscale", lo_scale=1.5), "lo_scale must be in"),
     (dict(name="hrnet48_ocr_explicit", explicit_scales=(0.5, 2.0)), "must contain 1.0"),
     (dict(name="hrnet48_ocr_explicit", explicit_scales=(-1.0, 1.0)), "must be positive"),
+    (dict(name="hrnet48_ocr_mscale", trunk_init="xavier"), "trunk_init must be one of"),
 ])
 def test_bad_configuration_is_refused_at_creation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -211,6 +212,26 @@ def test_initialisation_follows_the_reference(tiny_ocr):
     bn = params["ocr"]["conv3x3_ocr_1_0"]
     assert np.all(bn["scale"] == 1) and np.all(bn["bias"] == 0)
     assert np.all(variables["batch_stats"]["ocr"]["conv3x3_ocr_1_0"]["var"] == 1)
+
+
+def test_he_trunk_init_changes_only_the_trunk_kernels(tiny_ocr):
+    """trunk_init="he": every trunk conv ~ N(0, 2 / fan_out); everything else as the reference."""
+    model, reference = tiny_ocr
+    he = jax.jit(functools.partial(model.clone(trunk_init="he").init, train=False))(jax.random.key(0), IMAGES)
+    trunk_kernels = [(path, k) for path, k in jax.tree_util.tree_flatten_with_path(
+        he["params"]["backbone"])[0] if path[-1].key == "kernel"]
+    assert len(trunk_kernels) > 20
+    for path, kernel in trunk_kernels:
+        height, width, _, out = kernel.shape
+        expected = np.sqrt(2.0 / (height * width * out))
+        assert abs(np.std(kernel) / expected - 1) < 0.35 or kernel.size < 200, jax.tree_util.keystr(path)
+    pooled = np.concatenate([np.ravel(k) / np.sqrt(2.0 / np.prod(np.shape(k)[:2]) / np.shape(k)[3])
+                             for _, k in trunk_kernels])
+    assert abs(pooled.std() - 1) < 0.02
+    same = jax.tree_util.tree_map(np.array_equal, {**he["params"], "backbone": None},
+                                  {**reference["params"], "backbone": None})
+    assert all(jax.tree_util.tree_leaves(same))
+    assert jax.tree_util.tree_structure(he) == jax.tree_util.tree_structure(reference)
 
 
 def test_trunk_rematerialisation_keeps_names_and_gradients():

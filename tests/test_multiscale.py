@@ -94,6 +94,14 @@ def test_average_and_max_baselines():
     per_scale = {s: as_jax(o) for s, o in outs.items()}
     np.testing.assert_allclose(np.asarray(multiscale.average_fuse(per_scale)["logits"]), resized.mean(0), atol=1e-5)
     np.testing.assert_allclose(np.asarray(multiscale.max_fuse(per_scale)["logits"]), resized.max(0), atol=1e-5)
+    # The aux logits are pooled the same way (the baselines train OCR's aux head on them).
+    resized_aux = np.stack([resize_np(o["aux_logits"], outs[1.0]["logits"]) for o in outs.values()])
+    np.testing.assert_allclose(np.asarray(multiscale.average_fuse(per_scale)["aux_logits"]),
+                               resized_aux.mean(0), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(multiscale.max_fuse(per_scale)["aux_logits"]),
+                               resized_aux.max(0), atol=1e-5)
+    without_aux = {s: as_jax(scale_output(rng, s, aux=s != 2.0)) for s in (0.5, 1.0, 2.0)}
+    assert multiscale.average_fuse(without_aux)["aux_logits"] is None
 
 
 def test_average_and_max_take_scales_without_one_at_the_input_size():
@@ -136,6 +144,9 @@ def test_explicit_fuse_weights_each_scale():
                    for i, s in enumerate(scales))
     got = multiscale.explicit_fuse({s: as_jax(o) for s, o in outs.items()}, jnp.asarray(weights, jnp.float32), scales)
     np.testing.assert_allclose(np.asarray(got["logits"]), expected, atol=1e-5)
+    expected_aux = sum(weights[..., i:i + 1] * resize_np(outs[s]["aux_logits"], outs[1.0]["logits"])
+                       for i, s in enumerate(scales))
+    np.testing.assert_allclose(np.asarray(got["aux_logits"]), expected_aux, atol=1e-5)
 
 
 @pytest.mark.parametrize("scales,message", [

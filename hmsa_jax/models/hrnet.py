@@ -20,6 +20,10 @@ import jax.numpy as jnp
 from hmsa_jax import ops
 
 HRNET_INIT = nn.initializers.normal(stddev=0.001)  # the reference's init_weights()
+# Training from scratch (the reference always starts from ImageNet weights): N(0, 0.001) under
+# BatchNorm makes the effective learning rate of every conv huge at the start (it scales as
+# lr / |w|^2), and tiny HRNets then land in seed-dependent modes. See WORKSPACE_NOTES.md.
+TRUNK_INITS = {"reference": HRNET_INIT, "he": ops.kaiming_normal_fan_out()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +61,12 @@ def hrnet_spec(width: str | int) -> HRNetSpec:
 class BasicBlock(nn.Module):
     features: int
     dtype: Any = jnp.float32
+    kernel_init: Any = HRNET_INIT
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = lambda name: ops.conv(self.features, 3, dtype=self.dtype, kernel_init=HRNET_INIT, name=name)
+        conv = lambda name: ops.conv(self.features, 3, dtype=self.dtype, kernel_init=self.kernel_init,
+                                     name=name)
         bn = lambda name: ops.batch_norm(train, dtype=self.dtype, name=name)
         y = nn.relu(bn("bn1")(conv("conv1")(x)))
         y = bn("bn2")(conv("conv2")(y))
@@ -96,17 +102,18 @@ class HighResolutionModule(nn.Module):
     widths: tuple[int, ...]
     num_blocks: int
     dtype: Any = jnp.float32
+    kernel_init: Any = HRNET_INIT
 
     @nn.compact
     def __call__(self, xs: list[jax.Array], train: bool) -> list[jax.Array]:
         conv = lambda f, k, name, stride=1: ops.conv(f, k, stride=stride, dtype=self.dtype,
-                                                     kernel_init=HRNET_INIT, name=name)
+                                                     kernel_init=self.kernel_init, name=name)
         bn = lambda name: ops.batch_norm(train, dtype=self.dtype, name=name)
 
         branch_outs = []
         for b, (x, width) in enumerate(zip(xs, self.widths)):
             for k in range(self.num_blocks):
-                x = BasicBlock(width, self.dtype, name=f"branches_{b}_{k}")(x, train)
+                x = BasicBlock(width, self.dtype, self.kernel_init, name=f"branches_{b}_{k}")(x, train)
             branch_outs.append(x)
 
         fused = []
@@ -137,6 +144,7 @@ class HRNet(nn.Module):
     spec: HRNetSpec = HRNET_SPECS["w48"]
     dtype: Any = jnp.float32
     remat: bool = False  # recompute each block's activations in the backward pass
+    init: str = "reference"  # a TRUNK_INITS key
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -145,38 +153,40 @@ class HRNet(nn.Module):
         if self.remat:
             bottleneck = nn.remat(Bottleneck, static_argnums=(2,))
             hr_module = nn.remat(HighResolutionModule, static_argnums=(2,))
+        kernel_init = TRUNK_INITS[self.init]
         conv = lambda f, name, stride=1: ops.conv(f, 3, stride=stride, dtype=self.dtype,
-                                                  kernel_init=HRNET_INIT, name=name)
+                                                  kernel_init=kernel_init, name=name)
         bn = lambda name: ops.batch_norm(train, dtype=self.dtype, name=name)
 
         x = jnp.asarray(x, self.dtype)
         x = nn.relu(bn("bn1")(conv(spec.stem_width, "conv1", stride=2)(x)))
         x = nn.relu(bn("bn2")(conv(spec.stem_width, "conv2", stride=2)(x)))
         for k in range(spec.stage1_blocks):
-            x = bottleneck(spec.stage1_planes, dtype=self.dtype, name=f"layer1_{k}")(x, train)
+            x = bottleneck(spec.stage1_planes, dtype=self.dtype, kernel_init=kernel_init,
+                           name=f"layer1_{k}")(x, train)
 
         branches = [x]
         for stage, num_modules in zip((2, 3, 4), spec.modules_per_stage):
             widths = spec.widths[:stage]
-            branches = self._transition(branches, widths, f"transition{stage - 1}", train)
+            branches = self._transition(branches, widths, f"transition{stage - 1}", kernel_init, train)
             for m in range(num_modules):
-                branches = hr_module(widths, spec.blocks_per_branch, self.dtype,
+                branches = hr_module(widths, spec.blocks_per_branch, self.dtype, kernel_init,
                                      name=f"stage{stage}_{m}")(branches, train)
 
         upsampled = [branches[0]] + [ops.resize_like(b, branches[0]) for b in branches[1:]]
         return jnp.concatenate(upsampled, axis=-1)
 
-    def _transition(self, branches, widths, prefix, train):
+    def _transition(self, branches, widths, prefix, kernel_init, train):
         """Adapt existing branches to the next stage's widths and add the new, coarser one."""
         out = []
         for i, width in enumerate(widths):
             if i < len(branches):
                 x = branches[i]
                 if x.shape[-1] != width:   # only after stage 1 (256 -> W): 3x3 conv, BN, ReLU
-                    x = ops.conv(width, 3, dtype=self.dtype, kernel_init=HRNET_INIT, name=f"{prefix}_{i}_0")(x)
+                    x = ops.conv(width, 3, dtype=self.dtype, kernel_init=kernel_init, name=f"{prefix}_{i}_0")(x)
                     x = nn.relu(ops.batch_norm(train, dtype=self.dtype, name=f"{prefix}_{i}_1")(x))
             else:                          # new branch from the coarsest one, stride 2
-                x = ops.conv(width, 3, stride=2, dtype=self.dtype, kernel_init=HRNET_INIT,
+                x = ops.conv(width, 3, stride=2, dtype=self.dtype, kernel_init=kernel_init,
                              name=f"{prefix}_{i}_0_0")(branches[-1])
                 x = nn.relu(ops.batch_norm(train, dtype=self.dtype, name=f"{prefix}_{i}_0_1")(x))
             out.append(x)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from hmsa_jax import multiscale, ops
 from hmsa_jax.models.deeplab import ASPP
 from hmsa_jax.models.heads import ExplicitAttentionHead, ScaleAttentionHead
-from hmsa_jax.models.hrnet import HRNET_SPECS, HRNet, HRNetSpec
+from hmsa_jax.models.hrnet import HRNET_SPECS, TRUNK_INITS, HRNet, HRNetSpec
 from hmsa_jax.models.ocr import OCRBlock
 from hmsa_jax.models.resnet import RESNET_SPECS, ResNetOS8, ResNetSpec
 
@@ -119,13 +119,19 @@ class OCRNet(MultiScaleSegmenter):
     ocr_mid_channels: int = 512
     ocr_key_channels: int = 256
     ocr_dropout: float = 0.05
+    trunk_init: str = "reference"  # hrnet.TRUNK_INITS: "he" for training from scratch
 
     def setup(self):
         self.check_fields()
-        self.backbone = HRNet(self.trunk, self.dtype, remat=self.remat_trunk)
+        self.backbone = HRNet(self.trunk, self.dtype, remat=self.remat_trunk, init=self.trunk_init)
         self.ocr = OCRBlock(self.num_classes, self.ocr_mid_channels, self.ocr_key_channels,
                             self.ocr_dropout, self.dtype)
         self._setup_attention()
+
+    def check_fields(self) -> None:
+        super().check_fields()
+        if self.trunk_init not in TRUNK_INITS:
+            raise ValueError(f"trunk_init must be one of {tuple(TRUNK_INITS)}, got {self.trunk_init!r}")
 
     def one_scale(self, x: jax.Array, train: bool = False) -> dict:
         trunk_feats = self.backbone(x, train)

@@ -15,6 +15,7 @@ from hmsa_jax.data.config import DATASETS, default_data_config
 from hmsa_jax.data.sources.synthetic import ALL_CLASSES, MIN_CLASSES
 from hmsa_jax.losses import CRITERIA
 from hmsa_jax.models import create_model, list_models
+from hmsa_jax.models.hrnet import TRUNK_INITS
 from hmsa_jax.multiscale import FUSIONS, check_fusion, validate_scales
 from hmsa_jax.ops import scaled_size
 from hmsa_jax.train.step import REMAT_MODES, SCALE_MODES, TRANSFER_GUARD_MODES
@@ -30,6 +31,9 @@ def default_config() -> ConfigDict:
         num_classes=0,  # 0: the dataset's class count
         dtype="bfloat16",  # compute dtype; parameters stay float32
         lo_scale=0.5,  # the lower training scale of two-scale models
+        # HRNet trunk init: reference (N(0, 0.001), meant for ImageNet-initialised training) |
+        # he (Kaiming normal, for training from scratch; see WORKSPACE_NOTES.md)
+        trunk_init="reference",
     ))
     config.train = ConfigDict(dict(
         steps=0,  # 0: epochs x steps per epoch
@@ -189,6 +193,10 @@ def validate_config(config: ConfigDict) -> None:
                           f"dataset's count) or >= 2")
     if not 0 < config.model.lo_scale < 1:
         raise ConfigError(f"config.model.lo_scale={config.model.lo_scale!r}; expected in (0, 1)")
+    choice("model.trunk_init", config.model.trunk_init, tuple(TRUNK_INITS))
+    if config.model.trunk_init != "reference" and not config.model.name.startswith("hrnet"):
+        raise ConfigError(f"config.model.trunk_init={config.model.trunk_init!r} applies to HRNet "
+                          f"models only; {config.model.name!r} keeps its reference init")
     choice("train.criterion", config.train.criterion, CRITERIA)
     choice("train.scale_mode", config.train.scale_mode, SCALE_MODES)
     choice("train.remat", config.train.remat, REMAT_MODES)

@@ -190,6 +190,8 @@ def build_model(config, num_classes: int):
     overrides = {"lo_scale": config.model.lo_scale} if config.model.lo_scale != 0.5 else {}
     if config.train.remat == "trunk":
         overrides["remat_trunk"] = True
+    if config.model.trunk_init != "reference":
+        overrides["trunk_init"] = config.model.trunk_init
     return create_model(config.model.name, num_classes=num_classes,
                         dtype=jnp.dtype(config.model.dtype), **overrides)
 
