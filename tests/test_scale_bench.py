@@ -101,3 +101,45 @@ def test_large_regions_look_alike_locally(scenes):
     for f, w in zip(_window_stats(grey, labels, sb.FIELD).T, _window_stats(grey, labels, sb.WATER).T):
         np.testing.assert_allclose(np.quantile(f, quantiles), np.quantile(w, quantiles), atol=3)
     assert min(sb.STRIPE_PERIOD) >= 3 * 8  # a whole period is three such windows wide
+
+
+def _dominant_wave(texture: np.ndarray) -> tuple[float, float]:
+    """(period in px, |angle| of the wave vector from the x axis in degrees) of the strongest
+    Fourier component of a 2-D texture."""
+    spectrum = np.abs(np.fft.rfft2(texture - texture.mean()))
+    spectrum[0, 0] = 0
+    fy, fx = np.unravel_index(np.argmax(spectrum), spectrum.shape)
+    fy = fy if fy <= texture.shape[0] // 2 else fy - texture.shape[0]
+    cycles_y, cycles_x = fy / texture.shape[0], fx / texture.shape[1]
+    return 1 / np.hypot(cycles_y, cycles_x), float(np.degrees(np.arctan2(abs(cycles_y), cycles_x)))
+
+
+def test_distractor_adds_fine_cross_stripes_to_the_same_scenes():
+    """data.scale_bench.distractor: the same layout and labels; the only change to the image is
+    a wave 6-10 px apart across each region's cue (field: the cue is about horizontal, so the
+    distractor's wave vector lies along x; water: along y)."""
+    plain = sb.ScaleBenchScenes(6, 128, 256, split="val")
+    distracted = sb.ScaleBenchScenes(6, 128, 256, split="val", distractor=1.0)
+    assert plain.fingerprint() != distracted.fingerprint()
+    found = {sb.FIELD: [], sb.WATER: []}
+    for i in range(6):
+        a, b = plain.load(i), distracted.load(i)
+        np.testing.assert_array_equal(a["label"], b["label"])
+        difference = b["image"].astype(np.float32).mean(-1) - a["image"].astype(np.float32).mean(-1)
+        for cls in found:
+            rows, cols = np.nonzero(a["label"] == cls)
+            if rows.size < 64 * 64:
+                continue
+            y0, x0 = rows.min(), cols.min()  # a 32x32 window inside one region of that class
+            window = next((difference[y:y + 32, x:x + 32] for y in range(y0, rows.max() - 31, 8)
+                           for x in range(x0, cols.max() - 31, 8)
+                           if np.all(a["label"][y:y + 32, x:x + 32] == cls)), None)
+            if window is not None:
+                found[cls].append(_dominant_wave(window))
+    for cls, waves in found.items():
+        assert len(waves) >= 2, (cls, waves)
+        for period, angle in waves:
+            assert 5 <= period <= 11, (cls, waves)  # 32-px windows quantise the frequency
+            assert (angle < 30) if cls == sb.FIELD else (angle > 60), (cls, waves)
+    with pytest.raises(DataError, match="distractor=3"):
+        sb.ScaleBenchScenes(4, distractor=3)

@@ -38,7 +38,7 @@ def build_source(data, split: str, role: str = "train") -> Source:
     if name == "scale_bench":
         s = data.scale_bench
         return ScaleBenchScenes(s.num_train if role == "train" else s.num_eval, s.height, s.width,
-                                s.seed, split)
+                                s.seed, split, s.distractor)
     if name == "cityscapes":
         return cityscapes_source(_root(data), split, data.cityscapes.label_kind,
                                  data.cityscapes.label_format)

@@ -18,7 +18,9 @@ def default_data_config() -> ConfigDict:
     c.synthetic = ConfigDict(dict(num_train=512, num_eval=64, height=128, width=256,
                                   num_classes=8, seed=0))
     # The built-in scale benchmark (hmsa_jax/data/sources/scale_bench.py).
-    c.scale_bench = ConfigDict(dict(num_train=512, num_eval=64, height=128, width=256, seed=0))
+    # distractor: amplitude of fine cross stripes over the regions' cue (0: none), see scale_bench.py.
+    c.scale_bench = ConfigDict(dict(num_train=512, num_eval=64, height=128, width=256, seed=0,
+                                    distractor=0.0))
     # label_kind fine|coarse|none; label_format labelIds|trainIds (*_labelTrainIds.png)
     c.cityscapes = ConfigDict(dict(label_kind="fine", label_format="labelIds"))
     c.tfds = ConfigDict(dict(name="cityscapes/semantic_segmentation", data_dir="",

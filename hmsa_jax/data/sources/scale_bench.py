@@ -44,6 +44,11 @@ DESIGN_HEIGHT = 128
 STRIPE_PERIOD = (24.0, 40.0)
 STRIPE_TILT = np.pi / 12
 STRIPE_AMPLITUDE = 28.0
+# Optional distractor (`distractor` > 0): fine stripes across each region's cue (field: about
+# vertical, water: about horizontal), 6-10 px apart. Seen at 2x they are 12-20 px apart, the
+# cue's period in a training crop scaled by 0.5: only their period relative to the cue's tells
+# them apart, which makes 2x worse than 1x on the regions (WORKSPACE_NOTES.md, "Scale benchmark").
+DISTRACTOR_PERIOD = (6.0, 10.0)
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
@@ -81,22 +86,29 @@ def _wire_mask(rng, height: int, width: int, half_width: float) -> np.ndarray:
     return distance <= half_width
 
 
-def _regions(rng, height: int, width: int, unit: float):
-    """Region classes (label), region index per pixel, and each region's stripes in [-1, 1]."""
+def _regions(rng, height: int, width: int, unit: float, distractor: float = 0.0, distractor_rng=None):
+    """Region classes (label), region index per pixel, and each region's stripes (the cue, plus
+    `distractor` times the fine cross stripes) in amplitude units."""
     regions = partition(rng, height, width, unit)
     label = np.empty((height, width), np.uint8)
     region_id = np.empty((height, width), np.int32)
     stripes = np.zeros((height, width), np.float32)
     yy = np.arange(height, dtype=np.float32)[:, None] / unit
     xx = np.arange(width, dtype=np.float32)[None, :] / unit
+
+    def wave(angle, period, phase):
+        return np.sin(2 * np.pi * (yy * np.cos(angle) + xx * np.sin(angle)) / period + phase)
+
     for k, (y0, y1, x0, x1) in enumerate(regions):
         cls = FIELD if rng.uniform() < 0.5 else WATER
         label[y0:y1, x0:x1] = cls
         region_id[y0:y1, x0:x1] = k
         angle = rng.uniform(-STRIPE_TILT, STRIPE_TILT) + (0.0 if cls == FIELD else np.pi / 2)
-        period, phase = rng.uniform(*STRIPE_PERIOD), rng.uniform(0, 2 * np.pi)
-        across = yy * np.cos(angle) + xx * np.sin(angle)
-        stripes[y0:y1, x0:x1] = np.sin(2 * np.pi * across / period + phase)[y0:y1, x0:x1]
+        stripes[y0:y1, x0:x1] = wave(angle, rng.uniform(*STRIPE_PERIOD), rng.uniform(0, 2 * np.pi))[y0:y1, x0:x1]
+        if distractor:  # from a generator of its own: the same scenes, only the texture changes
+            cross = distractor_rng.uniform(-STRIPE_TILT, STRIPE_TILT) + angle + np.pi / 2
+            fine = wave(cross, distractor_rng.uniform(*DISTRACTOR_PERIOD), distractor_rng.uniform(0, 2 * np.pi))
+            stripes[y0:y1, x0:x1] += distractor * fine[y0:y1, x0:x1]
     return label, region_id, stripes, len(regions)
 
 
@@ -127,14 +139,18 @@ def _paint(rng, region_id, num_regions: int, stripes, wires, dots, unit: float) 
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int,
-                 with_image: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+def render_scene(rng: np.random.Generator, height: int, width: int, with_image: bool = True,
+                 distractor: float = 0.0, distractor_rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
     """One scene: (uint8 [H, W, 3] image or None, uint8 [H, W] label in 0..3).
 
     The layout is drawn from `rng` before any texture, so the label does not depend on
-    `with_image`."""
+    `with_image`. `distractor`: amplitude of the fine cross stripes relative to the cue's, drawn
+    from `distractor_rng`."""
     unit = height / DESIGN_HEIGHT
-    label, region_id, stripes, num_regions = _regions(rng, height, width, unit)
+    if distractor and distractor_rng is None:
+        raise ValueError("render_scene(distractor=...) needs distractor_rng")
+    label, region_id, stripes, num_regions = _regions(rng, height, width, unit, distractor, distractor_rng)
     wires, dots = _thin_structures(rng, height, width, unit)
     label[wires] = WIRE
     for y0, x0, side in dots:
@@ -150,33 +166,40 @@ class ScaleBenchScenes(Source):
     classes = CLASSES
 
     def __init__(self, num_images: int = 512, height: int = 128, width: int = 256, seed: int = 0,
-                 split: str = "train"):
+                 split: str = "train", distractor: float = 0.0):
         if num_images < 1:
             raise DataError(f"scale_bench num_images={num_images}; expected >= 1")
         if height < 32 or width < 32:
             raise DataError(f"scale_bench size {height}x{width}; expected at least 32x32")
+        if not 0 <= distractor <= 2:
+            raise DataError(f"scale_bench distractor={distractor}; expected 0..2")
         self.num_images, self.height, self.width = int(num_images), int(height), int(width)
-        self.seed, self.split = int(seed), str(split)
+        self.seed, self.split, self.distractor = int(seed), str(split), float(distractor)
         self._split_code = _SPLIT_CODES.get(self.split, zlib.crc32(self.split.encode()))
 
     def __len__(self) -> int:
         return self.num_images
 
-    def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self._split_code, index, 7])
+    def _rng(self, index: int, stream: int = 7) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self._split_code, index, stream])
+
+    def _render(self, index: int, with_image: bool):
+        return render_scene(self._rng(index), self.height, self.width, with_image,
+                            self.distractor, self._rng(index, stream=11) if self.distractor else None)
 
     def load(self, index: int) -> dict:
         index = self._check_index(index)
-        image, label = render_scene(self._rng(index), self.height, self.width)
+        image, label = self._render(index, with_image=True)
         return {"image": image, "label": label, "index": index}
 
     def load_label(self, index: int) -> np.ndarray:
         index = self._check_index(index)
-        return render_scene(self._rng(index), self.height, self.width, with_image=False)[1]
+        return self._render(index, with_image=False)[1]
 
     def name(self, index: int) -> str:
         return f"scale_bench/{self.split}/{self._check_index(index):06d}"
 
     def fingerprint(self) -> str:
+        distractor = f"-d{self.distractor:g}" if self.distractor else ""
         return (f"scale_bench-v{GENERATOR_VERSION}-{self.num_images}-{self.height}x{self.width}-"
-                f"s{self.seed}-{self.split}")
+                f"s{self.seed}-{self.split}{distractor}")
