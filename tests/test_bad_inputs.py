@@ -257,6 +257,7 @@ OVERRIDE_CASES = [
     _override("train.scale_mode", "average", r"scale_mode='average' needs a single-scale model"),
     _override("model.num_classes", "1", r"num_classes=1; expected 0 \(the dataset's count\) or >= 2"),
     _override("data.synthetic.num_classes", "2", r"synthetic.num_classes=2; expected 4..10"),
+    _override("data.scale_bench.distractor", "3.0", r"data.scale_bench.distractor=3.0; expected 0..2"),
     _override("data.cityscapes.label_format", "ids", r"label_format='ids'; expected one of"),
     _override("data.cityscapes.label_kind", "medium", r"label_kind='medium'; expected one of"),
     _override("data.tfds.label_format", "TrainIds", r"tfds.label_format='TrainIds'; expected one of"),

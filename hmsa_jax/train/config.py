@@ -145,6 +145,7 @@ def validate_data_config(data: ConfigDict) -> None:
         for field in ("num_train", "num_eval", "height", "width"):
             _positive(f"data.{key}.{field}", data[key][field])
     _within("data.synthetic.num_classes", data.synthetic.num_classes, MIN_CLASSES, len(ALL_CLASSES))
+    _within("data.scale_bench.distractor", data.scale_bench.distractor, 0, 2)
     _choice("data.cityscapes.label_kind", data.cityscapes.label_kind, ("fine", "coarse", "none"))
     _choice("data.cityscapes.label_format", data.cityscapes.label_format, LABEL_FORMATS)
     _choice("data.tfds.label_format", data.tfds.label_format, LABEL_FORMATS)
