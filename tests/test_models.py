@@ -234,24 +234,9 @@ def test_he_trunk_init_changes_only_the_trunk_kernels(tiny_ocr):
     assert jax.tree_util.tree_structure(he) == jax.tree_util.tree_structure(reference)
 
 
-def test_trunk_rematerialisation_keeps_names_and_gradients():
-    # Names: the full HRNet-W48 tree is unchanged (abstractly, nothing computed).
+def test_trunk_rematerialisation_keeps_the_names():
+    """The full HRNet-W48 tree is unchanged by remat (abstractly, nothing computed). That a remat
+    step updates exactly as a plain one is tests/test_train_options.py's."""
     hrnet = hmsa_jax.create_model("hrnet48_ocr_mscale")
     assert jax.tree_util.tree_structure(abstract_variables(hrnet)) == \
         jax.tree_util.tree_structure(abstract_variables(hrnet.clone(remat_trunk=True)))
-    # Gradients: equal with and without remat (the tiny ResNet compiles fastest).
-    model = hmsa_jax.create_model("resnet_tiny_deeplabv3plus_mscale", num_classes=NUM_CLASSES)
-    images = IMAGES[:1, :32, :32]
-    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images)
-
-    def grads(m):
-        def loss(params):
-            out, _ = m.apply({"params": params, "batch_stats": variables["batch_stats"]}, images,
-                             train=True, mutable=["batch_stats"])
-            return jnp.mean(jnp.square(out["logits"]))
-        return jax.jit(jax.grad(loss))(variables["params"])
-
-    plain, remat = grads(model), grads(model.clone(remat_trunk=True))
-    assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(remat)
-    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(remat)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))
