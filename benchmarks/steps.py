@@ -77,8 +77,9 @@ def synthetic_batch(spec: StepSpec, seed: int = 0) -> dict:
     return {"image": image, "label": label}
 
 
-def compile_step(spec: StepSpec):
-    """(compiled step, model, state, batch, key, compile seconds) on concrete inputs."""
+def compile_step(spec: StepSpec, compiler_options: dict | None = None):
+    """(compiled step, model, state, batch, key, compile seconds) on concrete inputs;
+    `compiler_options` as `jax.stages.Lowered.compile` takes them (e.g. XLA CPU's opt level)."""
     import time
 
     from hmsa_jax import parallel
@@ -88,7 +89,7 @@ def compile_step(spec: StepSpec):
     batch = parallel.global_batch(synthetic_batch(spec), mesh)
     key = jax.random.key(0)
     started = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
+    compiled = step.lower(state, batch, key).compile(compiler_options)
     return compiled, model, state, batch, key, time.perf_counter() - started
 
 

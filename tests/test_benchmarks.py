@@ -114,6 +114,18 @@ def test_scale_study_aggregates_mean_and_sample_spread():
 
 
 @pytest.mark.slow
+def test_opt0_effect_times_both_levels_in_one_process(tmp_path):
+    import opt0_effect
+
+    report = opt0_effect.main(["--model", "resnet_tiny_deeplabv3plus", "--size", "32x32",
+                               "--batch", "1", "--reps", "1", "--out-dir", str(tmp_path)])
+    rows = {r["level"]: r for r in report["rows"]}
+    assert set(rows) == {"default", "opt0"}
+    assert all(r["compile_s"] > 0 and len(r["times"]) == 2 and r["step_median_s"] > 0 for r in rows.values())
+    assert report["step_ratio_opt0"] == pytest.approx(rows["opt0"]["step_median_s"] / rows["default"]["step_median_s"])
+    assert "| opt0 |" in (tmp_path / "opt0_effect.md").read_text()
+
+
 def test_vs_reference_smallest(tmp_path):
     pytest.importorskip("torch", reason="compares against the PyTorch reference")
     import vs_reference
