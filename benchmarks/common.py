@@ -33,9 +33,9 @@ PEAK_FLOPS = {
 
 
 def add_jax_arguments(parser) -> None:
-    parser.add_argument("--opt0", choices=("auto", "on", "off"), default="auto",
-                        help="XLA CPU --xla_backend_optimization_level=0 (halves CPU compile time; "
-                             "auto = on unless --full)")
+    parser.add_argument("--opt0", choices=("auto", "on", "off"), default="off",
+                        help="XLA CPU --xla_backend_optimization_level=0: a third less compile time but "
+                             "1.8-4x slower steps (opt0_effect.py), so off by default; auto = on unless --full")
     parser.add_argument("--no-cache", action="store_true", help="no persistent compilation cache")
     parser.add_argument("--out-dir", default=RESULTS_DIR)
 

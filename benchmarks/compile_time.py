@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--opt0", choices=("on", "off"), default="off",
-                        help="XLA CPU --xla_backend_optimization_level=0 for every compile (hmsa commands' default on CPU)")
+                        help="XLA CPU --xla_backend_optimization_level=0 for every compile (runtime.cpu_fast_compile=True)")
     parser.add_argument("--phases", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
     parser.add_argument("--name", default="compile_time")
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)

@@ -1,6 +1,6 @@
-"""What XLA:CPU's `--xla_backend_optimization_level=0` (the `hmsa` commands' default on CPU,
-runtime.cpu_fast_compile) costs in step time and saves in compile time, side by side in one
-process: the same train step compiled at the default level and at 0, then called in turns.
+"""What XLA:CPU's `--xla_backend_optimization_level=0` (`runtime.cpu_fast_compile=True`, which
+the `hmsa` commands set on CPU until 2026-12-01) costs in step time and saves in compile time,
+side by side in one process: the same train step compiled at the default level and at 0, then called in turns.
 
     python benchmarks/opt0_effect.py                          # HRNet-W48 + OCR + attention, 128x256, batch 2
     python benchmarks/opt0_effect.py --model hrnet_tiny_ocr_mscale --size 64x128 --reps 3

@@ -10,7 +10,7 @@ hits both; the figures are medians after the warm-up calls (the first JAX call c
   jitted, vs the reference's `nscale()` under `torch.inference_mode()`.
 Threads: torch.set_num_threads(--threads); XLA:CPU runs its default thread pool (one thread
 per core) unless --xla-flags says otherwise. XLA flags are the compiler's defaults unless
---opt0 on (what the `hmsa` commands set on CPU: runtime.cpu_fast_compile).
+--opt0 on (what runtime.cpu_fast_compile=True sets; opt0_effect.py measures its cost).
 
     python benchmarks/vs_reference.py                                  # hrnet48, 128x256, batch 2
     python benchmarks/vs_reference.py --model hrnet_tiny --size 32x64 --batch 1 --reps 1
