@@ -214,6 +214,23 @@ def test_initialisation_follows_the_reference(tiny_ocr):
     assert np.all(variables["batch_stats"]["ocr"]["conv3x3_ocr_1_0"]["var"] == 1)
 
 
+def test_initialising_on_a_small_image_gives_the_crop_sized_variables(tiny_ocr):
+    """train() initialises on init_image_shape(crop) images, not crop-sized ones: the variables
+    are the same, value for value."""
+    from hmsa_jax.train.state import init_image_shape, init_variables
+
+    model, _ = tiny_ocr
+    crop = (96, 160)
+    small = init_image_shape(crop)
+    assert small == (1, 64, 64, 3) and init_image_shape((32, 48)) == (1, 32, 48, 3)
+    assert init_image_shape(crop, lo_scale=1 / 80) == (1, 80, 80, 3)  # 0.0125x must leave a pixel
+    init = lambda shape: jax.jit(lambda key: init_variables(model, key, shape))(jax.random.key(3))
+    on_crop, on_small = init((1, *crop, 3)), init(small)
+    assert jax.tree_util.tree_structure(on_crop) == jax.tree_util.tree_structure(on_small)
+    for a, b in zip(jax.tree_util.tree_leaves(on_crop), jax.tree_util.tree_leaves(on_small)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_he_trunk_init_changes_only_the_trunk_kernels(tiny_ocr):
     """trunk_init="he": every trunk conv ~ N(0, 2 / fan_out); everything else as the reference."""
     model, reference = tiny_ocr

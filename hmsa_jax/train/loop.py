@@ -35,7 +35,7 @@ from hmsa_jax.train.optimizer import kernel_only_decay_mask, make_optimizer, pol
 from hmsa_jax.train.pretrained import load_pretrained
 from hmsa_jax.train.profiling import StepProfiler
 from hmsa_jax.train.progress import Progress
-from hmsa_jax.train.state import abstract_train_state, create_train_state, init_variables
+from hmsa_jax.train.state import abstract_train_state, create_train_state, init_image_shape, init_variables
 from hmsa_jax.train.stopping import Preempted, StopSignals, agreed_stop, check_finite
 from hmsa_jax.train.validation import (compare_and_report, make_validation_fn, validate,
                                        write_validation_pictures)
@@ -222,7 +222,7 @@ def restore_or_initialize(config, model, tx, mesh, manager, iterator, report_dir
     fresh state (its variables from config.checkpoint.init_from when set, reported to `log` and
     to <report_dir>/init_from.txt) with the iterator as given. The state is replicated."""
     replicated = parallel.replicated(mesh)
-    image_shape = (1, *(int(v) for v in config.data.augment.crop_size), 3)
+    image_shape = init_image_shape(config.data.augment.crop_size, config.model.lo_scale)
     abstract = abstract_train_state(model, tx, image_shape, replicated)
     restored = checkpoint.restore_usable(manager, abstract, iterator, log=log)
     if restored is not None:

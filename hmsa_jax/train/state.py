@@ -6,6 +6,7 @@ Parameters are float32 master weights whatever the compute dtype.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.struct
@@ -32,6 +33,19 @@ class TrainState:
     def variables(self) -> dict:
         """What `model.apply` takes for inference."""
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+# No parameter or statistic depends on the image size, so the training state is initialised on
+# images of at most this size: at a 1024x2048 crop the init would otherwise run the whole
+# two-scale forward at that size once, only to throw the activations away.
+INIT_SIZE = (64, 64)
+
+
+def init_image_shape(crop_size, lo_scale: float = 0.5) -> tuple[int, int, int, int]:
+    """[1, H, W, 3] for initialising a model trained on `crop_size` crops: no larger than the crop
+    or INIT_SIZE, unless the lower training scale needs more to leave a pixel."""
+    needed = math.ceil(1 / lo_scale)
+    return (1, *(min(int(c), max(m, needed)) for c, m in zip(crop_size, INIT_SIZE)), 3)
 
 
 def init_variables(model, rng: jax.Array, image_shape: tuple[int, int, int, int]) -> dict:
@@ -64,4 +78,5 @@ def abstract_train_state(model, tx, image_shape, sharding=None) -> TrainState:
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-__all__ = ["TrainState", "abstract_train_state", "create_train_state", "init_variables"]
+__all__ = ["INIT_SIZE", "TrainState", "abstract_train_state", "create_train_state", "init_image_shape",
+           "init_variables"]
