@@ -40,6 +40,13 @@ def add_jax_arguments(parser) -> None:
     parser.add_argument("--out-dir", default=RESULTS_DIR)
 
 
+def add_step_arguments(parser, model: str = "hrnet48_ocr_mscale", size: str = "128x256", batch: int = 2) -> None:
+    """--model, --size HxW and --batch of the one training step a benchmark measures."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--size", default=size)
+    parser.add_argument("--batch", type=int, default=batch)
+
+
 def setup_jax(opt0: bool, cache: bool = True) -> None:
     """XLA flags and the persistent compile cache; call before the first JAX computation."""
     if opt0 and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):

@@ -124,9 +124,7 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="hrnet48_ocr_mscale")
-    parser.add_argument("--size", default="128x256")
-    parser.add_argument("--batch", type=int, default=2)
+    common.add_step_arguments(parser)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--opt0", choices=("on", "off"), default="off",
                         help="XLA CPU --xla_backend_optimization_level=0 for every compile (runtime.cpu_fast_compile=True)")

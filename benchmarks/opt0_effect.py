@@ -52,9 +52,7 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="hrnet48_ocr_mscale")
-    parser.add_argument("--size", default="128x256")
-    parser.add_argument("--batch", type=int, default=2)
+    common.add_step_arguments(parser)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--name", default="opt0_effect")
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
