@@ -196,7 +196,7 @@ def validate_config(config: ConfigDict) -> None:
     if not 0 < config.model.lo_scale < 1:
         raise ConfigError(f"config.model.lo_scale={config.model.lo_scale!r}; expected in (0, 1)")
     choice("model.trunk_init", config.model.trunk_init, tuple(TRUNK_INITS))
-    if config.model.trunk_init != "reference" and not config.model.name.startswith("hrnet"):
+    if config.model.trunk_init != "reference" and not hasattr(create_model(config.model.name, num_classes=2), "trunk_init"):
         raise ConfigError(f"config.model.trunk_init={config.model.trunk_init!r} applies to HRNet "
                           f"models only; {config.model.name!r} keeps its reference init")
     choice("train.criterion", config.train.criterion, CRITERIA)
