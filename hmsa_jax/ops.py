@@ -192,7 +192,34 @@ def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, use_
         features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
         kernel_dilation=(dilation, dilation), use_bias=use_bias, dtype=dtype,
         param_dtype=jnp.float32, kernel_init=kernel_init,
-        bias_init=bias_init if use_bias else nn.initializers.zeros, name=name)
+        bias_init=bias_init if use_bias else nn.initializers.zeros,
+        conv_general_dilated=conv_general_dilated, name=name)
+
+
+def _is_pointwise(kernel, window_strides, padding, lhs_dilation, feature_group_count, dimension_numbers) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped NHWC x HWIO convolution: a matmul over channels."""
+    spec = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers)
+    return (kernel.ndim == 4 and kernel.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1)
+            and not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding)
+            and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1
+            and spec.lhs_spec == (0, 3, 1, 2) and spec.rhs_spec == (3, 2, 0, 1))
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated`, with 1x1 stride-1 convolutions as a `dot_general` over channels.
+
+    The same sum, and on XLA:CPU about half the time forward + backward: the kernel gradient of
+    a 1x1 convolution is a plain matmul, where XLA:CPU's convolution transposes the activations
+    first (`benchmarks/conv_kernels.py`).
+    """
+    if not kwargs and _is_pointwise(rhs, window_strides, padding, lhs_dilation, feature_group_count,
+                                    dimension_numbers):
+        return jax.lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                        feature_group_count=feature_group_count, precision=precision,
+                                        **kwargs)
 
 
 class BatchNorm(nn.Module):

@@ -175,3 +175,32 @@ def test_resize_prototypes_match_ops_resize():
         for resize in prototypes:
             np.testing.assert_allclose(resize(x, size), expected, atol=2e-6)
             np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(jnp.sin(resize(v, size))))(x), grad, atol=2e-6)
+
+
+def test_conv_kernels_counts_every_convolution_once_per_scale(tmp_path):
+    pytest.importorskip("torch", reason="compares against the PyTorch reference")
+    import jax
+    import jax.numpy as jnp
+
+    import conv_kernels
+    from hmsa_jax import create_model
+
+    model = "resnet_tiny_deeplabv3plus_mscale"
+    report = conv_kernels.main(["--model", model, "--size", "32x32", "--batch", "1", "--reps", "1",
+                                "--rounds", "1", "--out-dir", str(tmp_path)])
+    params = jax.eval_shape(lambda: create_model(model, num_classes=19).init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+    kernels = [leaf for leaf in jax.tree_util.tree_leaves(params) if leaf.ndim == 4]
+    # The two-scale training forward applies every Conv2d once per scale, the 1x1s included.
+    assert report["count"] == 2 * len(kernels)
+    one_by_one = [r for r in report["rows"] if tuple(r["rhs"][:2]) == (1, 1)]
+    assert sum(r["count"] for r in one_by_one) == 2 * sum(k.shape[:2] == (1, 1) for k in kernels)
+    # The stride-2 1x1 of a downsampling shortcut stays a convolution.
+    assert {r["conv"] for r in one_by_one if not r["pointwise"]} == {r["conv"] for r in one_by_one if " s2" in r["conv"]}
+    totals = report["totals"]
+    for variant in report["variants"]:
+        for p in ("fwd", "fwd+bwd"):
+            assert totals["all"][variant][p] == pytest.approx(
+                totals["1x1 stride 1"][variant][p] + totals["other"][variant][p])
+            assert totals["all"][variant][p] > 0
+    assert "| 1x1 stride 1 | fwd+bwd |" in (tmp_path / "conv_kernels_train.md").read_text()

@@ -103,6 +103,38 @@ def test_stride2_conv_pads_like_pytorch(hw):
         assert not np.allclose(same.apply(variables, jnp.asarray(x)), got, atol=1e-3)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation", [(1, 1, 1), (1, 2, 1), (3, 1, 1), (3, 1, 2)])
+def test_conv_values_gradients_and_parameters_whatever_the_kernel(kernel, stride, dilation):
+    """1x1 stride-1 convolutions run as a matmul over channels (a `dot_general`, no convolution
+    in the program); every conv keeps the parameter tree of `nn.Conv` and its values and
+    gradients (against a direct NumPy convolution and `lax.conv_general_dilated`'s gradients)."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 6, 10, 5)).astype(np.float32))
+    layer = ops.conv(3, kernel, stride=stride, dilation=dilation, use_bias=True, in_features=5)
+    variables = layer.init(jax.random.key(0), x)
+    assert jax.tree_util.tree_map(jnp.shape, variables) == {
+        "params": {"kernel": (kernel, kernel, 5, 3), "bias": (3,)}}
+    params = variables["params"]
+    w = np.asarray(params["kernel"], np.float64)
+    got = np.asarray(layer.apply(variables, x))
+    if dilation == 1:
+        expected = direct_conv(np.asarray(x, np.float64), w, stride, (kernel - 1) // 2)
+        np.testing.assert_allclose(got, expected + np.asarray(params["bias"]), atol=1e-5)
+    pad = dilation * (kernel - 1) // 2
+    plain = lambda p, x: jax.lax.conv_general_dilated(
+        x, p["kernel"], (stride, stride), [(pad, pad)] * 2, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+    np.testing.assert_allclose(got, plain(params, x), atol=1e-5)
+    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+    ours = jax.grad(loss(lambda p, x: layer.apply({"params": p}, x)), argnums=(0, 1))(params, x)
+    theirs = jax.grad(loss(plain), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    program = jax.jit(layer.apply).lower(variables, x).as_text()
+    pointwise = kernel == 1 and stride == 1
+    assert ("dot_general" in program, "convolution" in program) == (pointwise, not pointwise)
+
+
 def test_batch_norm_follows_pytorch():
     """Normalise with the biased variance, track the unbiased one, momentum 0.1, eps 1e-5."""
     x = np.random.default_rng(4).normal(2.0, 3.0, size=(2, 3, 1, 4)).astype(np.float32)
