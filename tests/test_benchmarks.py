@@ -204,3 +204,16 @@ def test_conv_kernels_counts_every_convolution_once_per_scale(tmp_path):
                 totals["1x1 stride 1"][variant][p] + totals["other"][variant][p])
             assert totals["all"][variant][p] > 0
     assert "| 1x1 stride 1 | fwd+bwd |" in (tmp_path / "conv_kernels_train.md").read_text()
+
+
+def test_pointwise_matmul_compares_both_programs_in_one_process(tmp_path):
+    import pointwise_matmul
+
+    report = pointwise_matmul.main(["--model", "resnet_tiny_deeplabv3plus_mscale", "--size", "32x32",
+                                    "--batch", "1", "--reps", "1", "--out-dir", str(tmp_path)])
+    assert [r["task"].split()[0] for r in report["rows"]] == ["train", "inference"]
+    for r in report["rows"]:
+        assert set(r["median_s"]) == {"conv", "matmul"} and all(len(t) == 1 for t in r["times"].values())
+        assert r["ratio_matmul_over_conv"] == pytest.approx(r["median_s"]["matmul"] / r["median_s"]["conv"])
+        assert r["first_results_max_abs_difference"] < 1e-4  # the same model, the same weights and input
+    assert "| matmul / conv |" in (tmp_path / "pointwise_matmul.md").read_text()
