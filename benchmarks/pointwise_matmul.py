@@ -107,6 +107,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_step_arguments(parser)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--tasks", nargs="+", choices=("train", "infer"), default=["train", "infer"])
     parser.add_argument("--name", default="pointwise_matmul")
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -114,14 +115,18 @@ def main(argv=None) -> dict:
     height, width = common.parse_size(args.size)
     spec = steps.StepSpec(args.model, height, width, batch=args.batch)
     load_before = [round(v, 2) for v in os.getloadavg()]
-    rows = [task_row(f"train step (batch {args.batch})", *train_calls(spec), args.reps)]
-    rows.append(task_row(f"inference {{{','.join(f'{s:g}' for s in INFER_SCALES)}}} (batch 1)",
-                         *infer_calls(spec), args.reps))
+    rows = []
+    if "train" in args.tasks:
+        rows.append(task_row(f"train step (batch {args.batch})", *train_calls(spec), args.reps))
+    if "infer" in args.tasks:
+        rows.append(task_row(f"inference {{{','.join(f'{s:g}' for s in INFER_SCALES)}}} (batch 1)",
+                             *infer_calls(spec), args.reps))
     for r in rows:
         print(f"  {r['task']:<32} conv {r['median_s']['conv']:.3f} s  matmul {r['median_s']['matmul']:.3f} s  "
               f"ratio {r['ratio_matmul_over_conv']:.3f}", flush=True)
     report = {"benchmark": "pointwise_matmul", "machine": common.machine_info(),
-              "config": {"model": args.model, "size": args.size, "batch": args.batch, "reps": args.reps},
+              "config": {"model": args.model, "size": args.size, "batch": args.batch, "reps": args.reps,
+                         "tasks": args.tasks},
               "rows": rows, "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()]}
     common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
