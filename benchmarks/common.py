@@ -232,6 +232,11 @@ def default_dtype(args) -> str:
     return args.dtype or ("bfloat16" if args.full else "float32")
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded: what the reports print beside a time."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'256x512' -> (256, 512)."""
     try:

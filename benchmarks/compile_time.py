@@ -89,10 +89,9 @@ def worker(args) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     import steps
 
-    height, width = common.parse_size(args.size)
-    spec = steps.StepSpec(args.model, height, width, batch=args.batch, criterion="ce")
+    spec = steps.spec_from_args(args, criterion="ce")
     for task in args.tasks:
-        row = {"task": task, **measure(task, spec), "load": [round(v, 2) for v in os.getloadavg()]}
+        row = {"task": task, **measure(task, spec), "load": common.load_average()}
         print("ROW " + json.dumps(row), flush=True)
 
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import statistics
 import time
 
 import common
 
+INFER_SCALES = (0.5, 1.0, 2.0)
 # The one YNNPACK fusion type XLA:CPU keeps when compiled with this option: its own dots, not
 # its convolutions (a compile option sets the whole list; XLA_FLAGS could remove one item).
 WITHOUT_YNN_CONV = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -42,17 +42,18 @@ def forward_fn(model, task: str):
     if task == "train":
         return lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                         rngs={"dropout": jax.random.key(0)})
-    return lambda v, x: model.apply(v, x, train=False, scales=(0.5, 1.0, 2.0))
+    return lambda v, x: model.apply(v, x, train=False, scales=INFER_SCALES)
 
 
-def _eqns(jaxpr):
-    """Every equation, recursing into the sub-jaxprs (pjit, custom_jvp, remat) of its params."""
+def jaxpr_equations(jaxpr):
+    """Every equation, recursing into the sub-jaxprs (pjit, custom_jvp, remat, cond) of its params."""
     for eqn in jaxpr.eqns:
         yield eqn
         for value in eqn.params.values():
-            inner = getattr(value, "jaxpr", value)
-            if hasattr(inner, "eqns"):
-                yield from _eqns(inner)
+            for item in value if isinstance(value, (tuple, list)) else (value,):  # cond's branches
+                inner = getattr(item, "jaxpr", item)
+                if hasattr(inner, "eqns"):
+                    yield from jaxpr_equations(inner)
 
 
 @contextlib.contextmanager
@@ -83,7 +84,7 @@ def model_convolutions(model_name: str, task: str, height: int, width: int, batc
     with every_conv_as_lax_conv():
         closed = jax.make_jaxpr(forward_fn(model, task))(variables, images)
     counts = collections.Counter()
-    for eqn in _eqns(closed.jaxpr):
+    for eqn in jaxpr_equations(closed.jaxpr):
         if eqn.primitive.name != "conv_general_dilated":
             continue
         p = eqn.params
@@ -97,8 +98,10 @@ def model_convolutions(model_name: str, task: str, height: int, width: int, batc
 
 def is_pointwise(conv) -> bool:
     """Whether the model runs this configuration as a matmul (`ops.conv_general_dilated`)."""
+    from hmsa_jax import ops
+
     lhs, rhs, strides, padding, dilation, groups = conv
-    return rhs[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)) and groups == 1
+    return ops.runs_as_matmul(rhs, strides, padding, feature_group_count=groups)
 
 
 def describe(conv) -> str:
@@ -273,7 +276,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     height, width = common.parse_size(args.size)
     passes = ("fwd", "fwd+bwd") if args.task == "train" else ("fwd",)
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = common.load_average()
     counts = model_convolutions(args.model, args.task, height, width, args.batch)
     with_ynn_variant = ynn_option_known()
     rows = []
@@ -291,7 +294,7 @@ def main(argv=None) -> dict:
                          "reps": args.reps, "rounds": args.rounds, "passes": list(passes), "opt0": args.opt0_applied},
               "variants": variants, "distinct": len(rows), "count": sum(r["count"] for r in rows),
               "totals": totals(rows, variants, passes), "rows": rows,
-              "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()]}
+              "load_before": load_before, "load_after": common.load_average()}
     for p in passes:
         print(f"  total {p}: " + "  ".join(f"{v} {report['totals']['all'][v][p]:.3f} s" for v in variants), flush=True)
     common.write_json(report, args.name or f"conv_kernels_{args.task}", args.out_dir, markdown(report))

@@ -8,7 +8,6 @@ side by side in one process: the same train step compiled at the default level a
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -58,13 +57,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
     common.setup_jax(False, cache=False)  # both levels compiled here, none from a cache
-    height, width = common.parse_size(args.size)
-    spec = steps.StepSpec(args.model, height, width, batch=args.batch)
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    spec = steps.spec_from_args(args)
+    load_before = common.load_average()
     report = {"benchmark": "opt0_effect", "machine": common.machine_info(),
               "config": {"model": args.model, "size": args.size, "batch": args.batch, "reps": args.reps},
               "load_before": load_before, **measure(spec, args.reps),
-              "load_after": [round(v, 2) for v in os.getloadavg()]}
+              "load_after": common.load_average()}
     common.write_json(report, args.name, args.out_dir, markdown(report))
     print(markdown(report))
     return report

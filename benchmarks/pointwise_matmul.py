@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 
 import common
 import steps
-from conv_kernels import every_conv_as_lax_conv
+from conv_kernels import INFER_SCALES, every_conv_as_lax_conv, jaxpr_equations
 
 VARIANTS = {"conv": every_conv_as_lax_conv, "matmul": contextlib.nullcontext}
-INFER_SCALES = (0.5, 1.0, 2.0)
 
 
 def train_calls(spec: steps.StepSpec) -> tuple[dict, dict]:
@@ -40,8 +38,9 @@ def train_calls(spec: steps.StepSpec) -> tuple[dict, dict]:
     return calls, compile_s
 
 
-def infer_calls(spec: steps.StepSpec) -> tuple[dict, dict]:
-    """({variant: one batch-1 inference over INFER_SCALES}, {variant: compile seconds})."""
+def infer_calls(spec: steps.StepSpec) -> tuple[dict, dict, dict]:
+    """({variant: one batch-1 inference over INFER_SCALES}, {variant: compile seconds},
+    {variant: convolutions in its program})."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -51,15 +50,17 @@ def infer_calls(spec: steps.StepSpec) -> tuple[dict, dict]:
     model = create_model(spec.model_name, num_classes=spec.num_classes)
     variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, 64, 64, 3))))(jax.random.key(0))
     images = jnp.asarray(np.random.default_rng(1).standard_normal((1, spec.height, spec.width, 3), dtype=np.float32))
-    calls, compile_s = {}, {}
+    calls, compile_s, convolutions = {}, {}, {}
     for name, traced_as in VARIANTS.items():
         forward = jax.jit(lambda v, x: model.apply(v, x, train=False, scales=INFER_SCALES)["logits"])
         started = time.perf_counter()
         with traced_as():
-            compiled = forward.lower(variables, images).compile()
+            traced = forward.trace(variables, images)
+        compiled = traced.lower().compile()
         compile_s[name] = time.perf_counter() - started
+        convolutions[name] = sum(e.primitive.name == "conv_general_dilated" for e in jaxpr_equations(traced.jaxpr.jaxpr))
         calls[name] = lambda compiled=compiled: jax.block_until_ready(compiled(variables, images))
-    return calls, compile_s
+    return calls, compile_s, convolutions
 
 
 def in_turns(calls: dict, reps: int) -> tuple[dict, dict]:
@@ -76,7 +77,7 @@ def in_turns(calls: dict, reps: int) -> tuple[dict, dict]:
     return times, first
 
 
-def task_row(task: str, calls: dict, compile_s: dict, reps: int) -> dict:
+def task_row(task: str, calls: dict, compile_s: dict, reps: int, convolutions: dict | None = None) -> dict:
     import numpy as np
 
     times, first = in_turns(calls, reps)
@@ -84,7 +85,7 @@ def task_row(task: str, calls: dict, compile_s: dict, reps: int) -> dict:
     difference = float(np.max(np.abs(np.asarray(first["matmul"]) - np.asarray(first["conv"]))))
     return {"task": task, "median_s": medians, "times": times, "compile_s": compile_s,
             "ratio_matmul_over_conv": medians["matmul"] / medians["conv"],
-            "first_results_max_abs_difference": difference}
+            "first_results_max_abs_difference": difference, "convolutions": convolutions}
 
 
 def markdown(report: dict) -> str:
@@ -112,22 +113,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--out-dir", default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
     common.setup_jax(False, cache=False)  # both variants compiled here, none from a cache
-    height, width = common.parse_size(args.size)
-    spec = steps.StepSpec(args.model, height, width, batch=args.batch)
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    spec = steps.spec_from_args(args)
+    load_before = common.load_average()
     rows = []
     if "train" in args.tasks:
         rows.append(task_row(f"train step (batch {args.batch})", *train_calls(spec), args.reps))
     if "infer" in args.tasks:
+        calls, compile_s, convolutions = infer_calls(spec)
         rows.append(task_row(f"inference {{{','.join(f'{s:g}' for s in INFER_SCALES)}}} (batch 1)",
-                             *infer_calls(spec), args.reps))
+                             calls, compile_s, args.reps, convolutions))
     for r in rows:
         print(f"  {r['task']:<32} conv {r['median_s']['conv']:.3f} s  matmul {r['median_s']['matmul']:.3f} s  "
               f"ratio {r['ratio_matmul_over_conv']:.3f}", flush=True)
     report = {"benchmark": "pointwise_matmul", "machine": common.machine_info(),
               "config": {"model": args.model, "size": args.size, "batch": args.batch, "reps": args.reps,
                          "tasks": args.tasks},
-              "rows": rows, "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()]}
+              "rows": rows, "load_before": load_before, "load_after": common.load_average()}
     common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
 

@@ -391,9 +391,8 @@ def main(argv=None) -> dict:
     common.setup_jax(args.opt0 == "on", cache=False)
     import steps
 
-    height, width = common.parse_size(args.size)
-    spec = steps.StepSpec(args.model, height, width, batch=args.batch, criterion="ce")
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    spec = steps.spec_from_args(args, criterion="ce")
+    load_before = common.load_average()
     runs = [Step(spec, resize) for resize in args.resize]
     compared = interleave(runs, args.reps)
     profiles = []
@@ -409,7 +408,7 @@ def main(argv=None) -> dict:
               "config": {"model": args.model, "size": args.size, "batch": args.batch, "steps": args.steps,
                          "reps": args.reps, "opt0": args.opt0},
               "load_before": load_before, "compare": compared, "profiles": profiles}
-    report["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    report["load_after"] = common.load_average()
     common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
 

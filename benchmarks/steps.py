@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
+
 SCHEMES = ("single", "hierarchical", "explicit")
 
 
@@ -34,6 +36,12 @@ class StepSpec:
     image_dtype: str = "float32"  # float32 (normalised on host) | uint8 (normalised on device)
     num_classes: int = 19
     scale_mode: str = "model"  # model | average (two scales averaged, attention-free model)
+
+
+def spec_from_args(args, **fields) -> StepSpec:
+    """The StepSpec of `common.add_step_arguments`' --model, --size and --batch, plus `fields`."""
+    height, width = common.parse_size(args.size)
+    return StepSpec(args.model, height, width, batch=args.batch, **fields)
 
 
 def build_step(spec: StepSpec):

@@ -67,10 +67,6 @@ def synthetic_inputs(batch: int, height: int, width: int, seed: int = 0):
     return images, labels
 
 
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
 def interleave(calls: dict, warmup: int, reps: int) -> dict:
     """{name: fn} -> {name: {"median_s", "min_s", "max_s", "first_s", "times"}}: every
     repetition calls each fn once, in turn; the first `warmup` rounds are not counted."""
@@ -223,7 +219,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     height, width = common.parse_size(args.size)
-    load_before = load_average()
+    load_before = common.load_average()
     reference, model, variables = shared_weights(args.model)
     rows = []
     if "train" in args.tasks:
@@ -253,7 +249,7 @@ def main(argv=None) -> dict:
               "config": {"model": args.model, "size": args.size, "batch": args.batch, "reps": args.reps,
                          "warmup": args.warmup, "threads": args.threads, "opt0": args.opt0,
                          "torch_device": args.device, "pinned_cores": args.threads if args.pin else None},
-              "load_before": load_before, "load_after": load_average(), "rows": rows}
+              "load_before": load_before, "load_after": common.load_average(), "rows": rows}
     common.write_json(report, args.name, args.out_dir, markdown(report))
     return report
 

@@ -196,10 +196,12 @@ def conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, use_
         conv_general_dilated=conv_general_dilated, name=name)
 
 
-def _is_pointwise(kernel, window_strides, padding, lhs_dilation, feature_group_count, dimension_numbers) -> bool:
-    """A 1x1, stride-1, unpadded, ungrouped NHWC x HWIO convolution: a matmul over channels."""
+def runs_as_matmul(kernel_shape, window_strides, padding, lhs_dilation=None, feature_group_count=1,
+                   dimension_numbers=("NHWC", "HWIO", "NHWC")) -> bool:
+    """Whether `conv_general_dilated` runs this convolution as a matmul over channels: 1x1,
+    stride 1, unpadded, ungrouped, NHWC x HWIO."""
     spec = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers)
-    return (kernel.ndim == 4 and kernel.shape[:2] == (1, 1) and tuple(window_strides) == (1, 1)
+    return (len(kernel_shape) == 4 and tuple(kernel_shape[:2]) == (1, 1) and tuple(window_strides) == (1, 1)
             and not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding)
             and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1
             and spec.lhs_spec == (0, 3, 1, 2) and spec.rhs_spec == (3, 2, 0, 1))
@@ -213,8 +215,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     a 1x1 convolution is a plain matmul, where XLA:CPU's convolution transposes the activations
     first (`benchmarks/conv_kernels.py`).
     """
-    if not kwargs and _is_pointwise(rhs, window_strides, padding, lhs_dilation, feature_group_count,
-                                    dimension_numbers):
+    if not kwargs and runs_as_matmul(rhs.shape, window_strides, padding, lhs_dilation, feature_group_count,
+                                     dimension_numbers):
         return jax.lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

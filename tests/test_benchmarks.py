@@ -218,3 +218,11 @@ def test_pointwise_matmul_compares_both_programs_in_one_process(tmp_path):
         assert r["ratio_matmul_over_conv"] == pytest.approx(r["median_s"]["matmul"] / r["median_s"]["conv"])
         assert r["first_results_max_abs_difference"] < 1e-4  # the same model, the same weights and input
     assert "| matmul / conv |" in (tmp_path / "pointwise_matmul.md").read_text()
+    # The two programs differ by exactly the 1x1 stride-1 convolutions of the census.
+    import conv_kernels
+
+    census = conv_kernels.model_convolutions("resnet_tiny_deeplabv3plus_mscale", "infer", 32, 32, 1)
+    convolutions = report["rows"][0]["convolutions"]
+    assert convolutions["conv"] == sum(census.values())
+    assert convolutions["matmul"] == sum(n for conv, n in census.items() if not conv_kernels.is_pointwise(conv))
+    assert convolutions["matmul"] < convolutions["conv"]
